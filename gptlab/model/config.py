@@ -1,0 +1,92 @@
+"""Model configuration: the book's config dict as a dataclass, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gptlab.errors import ConfigError
+
+AttentionBackend = Literal["sdpa", "manual"]
+
+
+@dataclass
+class GPTConfig:
+    """Everything that fixes a GPT's shape and behaviour.
+
+    The first seven fields are the keys of the book's ``GPT_CONFIG_124M`` dict, so
+    ``GPTConfig(**GPT_CONFIG_124M)`` works as it is.
+    """
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    attention: AttentionBackend = "sdpa"
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.emb_dim % self.n_heads != 0:
+            raise ConfigError(
+                f"model.emb_dim={self.emb_dim} is not divisible by model.n_heads={self.n_heads}; "
+                "pick n_heads that divides emb_dim"
+            )
+        if self.attention not in ("sdpa", "manual"):
+            raise ConfigError(f"model.attention={self.attention!r} is unknown; use 'sdpa' or 'manual'")
+        for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            if int(getattr(self, key)) <= 0:
+                raise ConfigError(f"model.{key} must be a positive integer, got {getattr(self, key)}")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ConfigError(f"model.drop_rate must lie in [0, 1), got {self.drop_rate}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:
+        """A named preset (see ``PRESETS``) with any field overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], "name": name, **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GPTConfig:
+        """Build from a plain dict (a Hydra ``model`` node or a saved config).
+
+        A ``preset`` key starts from that preset; the other keys override it. Unknown keys are
+        an error, so a typo in a config never silently falls back to a default.
+        """
+        values = dict(values)
+        preset = values.pop("preset", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config key(s) {unknown}; valid keys: {sorted(known)}")
+        if preset is not None:
+            return cls.from_preset(str(preset), **values)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_GPT2_COMMON = dict(vocab_size=50257, context_length=1024, drop_rate=0.1, qkv_bias=False)
+_TINY_COMMON = dict(vocab_size=50257, drop_rate=0.0, qkv_bias=False, tie_embeddings=True)
+
+#: Named architectures. The GPT-2 sizes follow the book's table (section 4.6); the tiny ones
+#: train on a laptop CPU in minutes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2-small": dict(_GPT2_COMMON, emb_dim=768, n_layers=12, n_heads=12),  # 124M
+    "gpt2-medium": dict(_GPT2_COMMON, emb_dim=1024, n_layers=24, n_heads=16),  # 355M
+    "gpt2-large": dict(_GPT2_COMMON, emb_dim=1280, n_layers=36, n_heads=20),  # 774M
+    "gpt2-xl": dict(_GPT2_COMMON, emb_dim=1600, n_layers=48, n_heads=25),  # 1558M
+    "nano": dict(_TINY_COMMON, context_length=64, emb_dim=64, n_layers=2, n_heads=2),
+    "micro": dict(_TINY_COMMON, context_length=128, emb_dim=128, n_layers=4, n_heads=4),
+    "mini": dict(_TINY_COMMON, context_length=256, emb_dim=256, n_layers=6, n_heads=8),
+}

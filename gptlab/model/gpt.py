@@ -1,0 +1,133 @@
+"""The GPT model (book chapter 4): embeddings, a stack of transformer blocks, an output head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gptlab.errors import ConfigError
+from gptlab.model.attention import KVCache, LayerKVCache, MultiHeadAttention
+from gptlab.model.config import GPTConfig
+from gptlab.model.layers import FeedForward, LayerNorm
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: attention and feed-forward, each wrapped in a shortcut connection."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.att = MultiHeadAttention(
+            d_in=cfg.emb_dim,
+            d_out=cfg.emb_dim,
+            context_length=cfg.context_length,
+            num_heads=cfg.n_heads,
+            dropout=cfg.drop_rate,
+            qkv_bias=cfg.qkv_bias,
+            backend=cfg.attention,
+        )
+        self.ff = FeedForward(cfg.emb_dim)
+        self.norm1 = LayerNorm(cfg.emb_dim)
+        self.norm2 = LayerNorm(cfg.emb_dim)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: LayerKVCache | None = None, cache_start: int = 0) -> torch.Tensor:
+        shortcut = x
+        x = self.att(self.norm1(x), attn_mask, cache, cache_start)
+        x = self.drop_shortcut(x) + shortcut
+
+        shortcut = x
+        x = self.ff(self.norm2(x))
+        return self.drop_shortcut(x) + shortcut
+
+
+class GPT(nn.Module):
+    """A GPT-2 style decoder-only transformer; ``model(idx)`` returns next-token logits.
+
+    Submodule names follow the book (``tok_emb``, ``pos_emb``, ``trf_blocks``, ``final_norm``,
+    ``out_head``), so the book's state dicts load without renaming.
+    """
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # GPT-2's initialisation: N(0, 0.02) weights, zero biases.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, in_idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits of shape ``(batch, num_tokens, vocab_size)``.
+
+        Args:
+            in_idx: token ids, ``(batch, num_tokens)``.
+            attention_mask: optional ``(batch, past + num_tokens)`` tensor, 1 for real tokens and 0
+                for padding (left padding in batched generation).
+            position_ids: optional positions of ``in_idx``; default ``past .. past + num_tokens``.
+            kv_cache: optional cache; the new keys/values are appended and its length advanced.
+        """
+        batch_size, num_tokens = in_idx.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + num_tokens > self.cfg.context_length:
+            raise ConfigError(
+                f"sequence of {past + num_tokens} tokens exceeds the model's context_length "
+                f"{self.cfg.context_length}; shorten the input or crop it to the last tokens"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past, past + num_tokens, device=in_idx.device)
+        x = self.tok_emb(in_idx) + self.pos_emb(position_ids)
+        x = self.drop_emb(x)
+
+        attn_mask = None
+        if attention_mask is not None:
+            attn_mask = self.padding_aware_causal_mask(attention_mask, num_tokens)
+        for layer, block in enumerate(self.trf_blocks):
+            cache = kv_cache.layers[layer] if kv_cache is not None else None
+            x = block(x, attn_mask, cache, past)
+        if kv_cache is not None:
+            kv_cache.length = past + num_tokens
+
+        x = self.final_norm(x)
+        return self.out_head(x)
+
+    @staticmethod
+    def padding_aware_causal_mask(attention_mask: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """Boolean ``(B, 1, T, S)`` mask: causal, padding keys hidden, each token sees itself.
+
+        Letting a padding position attend to itself keeps its softmax finite; its output is
+        never used.
+        """
+        num_keys = attention_mask.shape[1]
+        offset = num_keys - num_queries
+        query_pos = torch.arange(offset, num_keys, device=attention_mask.device)[:, None]
+        key_pos = torch.arange(num_keys, device=attention_mask.device)[None, :]
+        causal = key_pos <= query_pos
+        visible = attention_mask.bool()[:, None, None, :]
+        return (causal & visible) | (key_pos == query_pos)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache on the model's device and dtype, for up to ``max_len`` positions."""
+        param = self.tok_emb.weight
+        return KVCache(
+            n_layers=self.cfg.n_layers,
+            batch_size=batch_size,
+            n_heads=self.cfg.n_heads,
+            max_len=max_len or self.cfg.context_length,
+            head_dim=self.cfg.head_dim,
+            device=param.device,
+            dtype=param.dtype,
+        )
