@@ -1,0 +1,7 @@
+"""Callbacks a run needs beside the training loop."""
+
+from gptlab.callbacks.export import ExportModel
+from gptlab.callbacks.loss_plot import LossPlot
+from gptlab.callbacks.sample import GenerateSample
+
+__all__ = ["ExportModel", "GenerateSample", "LossPlot"]

@@ -1,0 +1,30 @@
+"""Export the trained model (safetensors + config) into the run directory at the end of fitting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+
+class ExportModel(L.Callback):
+    """Write ``pl_module.gpt`` with ``gptlab.weights.save_model``; ``best=True`` exports the best checkpoint."""
+
+    def __init__(self, dirpath: str = "model", best: bool = True) -> None:
+        self.dirpath = Path(dirpath)
+        self.best = best
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not hasattr(pl_module, "gpt"):
+            return
+        from gptlab.weights import load_pretrained, save_model
+
+        model = pl_module.gpt
+        best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.best else ""
+        if best_path:
+            model = load_pretrained(best_path)
+        save_model(model, self.dirpath)
+        source = f"best checkpoint {Path(best_path).name}" if best_path else "final weights"
+        rank_zero_info(f"Exported the model ({source}) to {self.dirpath}")

@@ -1,0 +1,145 @@
+"""``gptlab-train``: compose the Hydra config, build data, task, trainer; fit; export.
+
+Every piece is built by ``hydra.utils.instantiate`` from its config group, so a new task, data
+module, logger or callback needs a config file naming its class, not a change here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from gptlab.errors import ConfigError, GptlabError
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means this run directory's ``checkpoints/last.ckpt``; other paths must exist."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        path = output_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path=last but {path} does not exist; name the run directory to resume "
+                "(hydra.run.dir=runs/NAME) or pass the checkpoint file, ckpt_path=/path/to/last.ckpt"
+            )
+        return str(path)
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}; check ckpt_path (a .ckpt file, or `last`)")
+    return str(path)
+
+
+def check_vocab(datamodule: Any, task: Any) -> None:
+    """A tokenizer whose ids exceed the model's embedding table would crash mid-step; stop now."""
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    vocab = getattr(getattr(task, "model_config", None), "vocab_size", None)
+    if tokenizer is not None and vocab is not None and tokenizer.vocab_size > vocab:
+        raise ConfigError(
+            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but model.vocab_size={vocab}; "
+            f"set model.vocab_size={tokenizer.vocab_size} or pick another tokenizer (data.tokenizer)"
+        )
+
+
+@rank_zero_only
+def save_config(cfg: DictConfig, output_dir: Path) -> None:
+    """The resolved config beside the checkpoints, so the run can be rebuilt exactly."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / ".config.yaml.tmp"
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, output_dir / "config.yaml")
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
+    Console().print(tree)
+
+
+@rank_zero_only
+def save_metrics(metrics: dict[str, float], output_dir: Path) -> None:
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and optionally test) the configured task; return the final metrics."""
+    output_dir = Path(cfg.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data, _recursive_=False)
+    task = instantiate(cfg.task, _recursive_=False)
+    check_vocab(datamodule, task)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.get("print_config", True):
+        print_config(cfg)
+    save_config(cfg, output_dir)
+
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
+            metrics.update({k: float(v) for r in results for k, v in r.items()})
+    finally:
+        _finish_wandb(loggers)
+    save_metrics(metrics, output_dir)
+    return metrics
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    """Close the W&B run so the next job of a multirun starts its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except GptlabError as err:
+        print(f"gptlab-train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return metrics.get("val/loss")
+
+
+def main() -> None:
+    """Console entry point (``gptlab-train``)."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
