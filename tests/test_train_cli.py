@@ -49,18 +49,19 @@ def test_run_directory_holds_config_checkpoints_metrics_plot_and_model(finished_
     assert not list(finished_run.rglob("*.tmp*"))
 
 
-def test_resume_continues_from_the_saved_step(finished_run: Path, tmp_path: Path):
-    first = torch.load(finished_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+def test_resume_continues_from_the_saved_step(tmp_path: Path):
+    # A named run directory: ckpt_path=last finds its checkpoints/last.ckpt.
+    run_dir = tmp_path / "named"
+    train(run_dir, *FAST)
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert first["global_step"] == 4
-    # Resume into a named directory: ckpt_path=last finds its checkpoints/last.ckpt.
-    run_dir = tmp_path / "resumed"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "last.ckpt").write_bytes((finished_run / "checkpoints" / "last.ckpt").read_bytes())
-    train(run_dir, *FAST, "trainer.max_steps=8", "trainer.limit_train_batches=8", "ckpt_path=last")
+    train(run_dir, *FAST, "trainer.max_steps=8", "trainer.max_epochs=3", "ckpt_path=last")
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 8
     assert int(resumed["state_dict"]["tokens_seen"]) == 2 * int(first["state_dict"]["tokens_seen"])
     assert resumed["optimizer_states"][0]["state"], "optimizer state travels with the checkpoint"
+    steps = [float(row["step"]) for row in csv.DictReader((run_dir / "metrics.csv").open()) if row.get("train/loss")]
+    assert max(steps) >= 7
 
 
 def test_checkpoint_of_another_architecture_is_refused_without_touching_it(finished_run: Path, tmp_path: Path):

@@ -7,8 +7,10 @@ module, logger or callback needs a config file naming its class, not a change he
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.errors import ConfigError, GptlabError
+
+
+class _HideTips(logging.Filter):
+    """Lightning advertises cloud services at every start; keep the console to the run itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -88,6 +97,10 @@ def save_metrics(metrics: dict[str, float], output_dir: Path) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally test) the configured task; return the final metrics."""
     output_dir = Path(cfg.output_dir)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_HideTips())
+    # The run directory already holds config.yaml when the CSV logger opens it; nothing is lost.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, _recursive_=False)
@@ -130,10 +143,23 @@ def _finish_wandb(loggers: list[Any]) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
-    except GptlabError as err:
-        print(f"gptlab-train: error: {err}", file=sys.stderr)
+    except Exception as err:
+        problem = user_error(err)
+        if problem is None:
+            raise
+        print(f"gptlab-train: error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
     return metrics.get("val/loss")
+
+
+def user_error(err: BaseException) -> GptlabError | None:
+    """The ``GptlabError`` behind ``err``, if any (Hydra's instantiate wraps what a class raises)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, GptlabError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def main() -> None:
