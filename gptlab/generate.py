@@ -75,8 +75,11 @@ def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
         if use_cache:
             if cache is None or cache.length >= context_length:
                 # Prefill, or re-prefill once the window is full and slides (as the no-cache
-                # path does, positions restart at 0 for the cropped window).
-                cache = model.new_kv_cache(batch_size)
+                # path does, positions restart at 0 for the cropped window). The cache holds
+                # only the positions this call can reach and is reused, not reallocated.
+                if cache is None:
+                    cache = model.new_kv_cache(batch_size, min(context_length, tokens.shape[1] + max_new_tokens))
+                cache.length = 0
                 feed, feed_mask = tokens, mask
             else:
                 feed, feed_mask = tokens[:, -1:], mask

@@ -23,8 +23,12 @@ class ExportModel(L.Callback):
 
         model = pl_module.gpt
         best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.best else ""
-        if best_path:
-            model = load_pretrained(best_path)
-        save_model(model, self.dirpath)
+        own_export = getattr(pl_module, "export_model", None)
+        if callable(own_export):  # a task whose model is not a language model, e.g. a classifier
+            own_export(self.dirpath, best_path or None)
+        else:
+            if best_path:
+                model = load_pretrained(best_path)
+            save_model(model, self.dirpath)
         source = f"best checkpoint {Path(best_path).name}" if best_path else "final weights"
         rank_zero_info(f"Exported the model ({source}) to {self.dirpath}")

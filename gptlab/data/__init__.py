@@ -1,5 +1,6 @@
 """Data: downloads, text sources, token caches and the Lightning data modules built on them."""
 
+from gptlab.data.classification import SMSSpamDataModule, TextClassificationDataModule
 from gptlab.data.pretrain import PretrainDataModule, SlidingWindowDataset
 from gptlab.data.sources import (
     THE_VERDICT_SHA256,
@@ -24,7 +25,9 @@ __all__ = [
     "FileSource",
     "HFSource",
     "PretrainDataModule",
+    "SMSSpamDataModule",
     "SlidingWindowDataset",
+    "TextClassificationDataModule",
     "TextSource",
     "build_token_cache",
     "cache_root",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -61,6 +63,13 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
+    @classmethod
+    def from_pretrained(cls, source: str | Path, config: GPTConfig | None = None) -> GPT:
+        """Load weights from a GPT-2 name, a directory or a checkpoint (``gptlab.weights.load_pretrained``)."""
+        from gptlab.weights import load_pretrained  # gptlab.weights imports this module
+
+        return load_pretrained(source, config)
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         # GPT-2's initialisation: N(0, 0.02) weights, zero biases.
@@ -70,7 +79,8 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, in_idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                causal: bool = True) -> torch.Tensor:
         """Logits of shape ``(batch, num_tokens, vocab_size)``.
 
         Args:
@@ -79,6 +89,8 @@ class GPT(nn.Module):
                 for padding (left padding in batched generation).
             position_ids: optional positions of ``in_idx``; default ``past .. past + num_tokens``.
             kv_cache: optional cache; the new keys/values are appended and its length advanced.
+            causal: ``False`` lets every token attend to every (non-padding) token, the chapter 6
+                experiment without the causal mask.
         """
         batch_size, num_tokens = in_idx.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -93,8 +105,10 @@ class GPT(nn.Module):
         x = self.drop_emb(x)
 
         attn_mask = None
+        if attention_mask is None and not causal:
+            attention_mask = torch.ones(batch_size, past + num_tokens, dtype=torch.bool, device=in_idx.device)
         if attention_mask is not None:
-            attn_mask = self.padding_aware_causal_mask(attention_mask, num_tokens)
+            attn_mask = self.padding_aware_causal_mask(attention_mask, num_tokens, causal)
         for layer, block in enumerate(self.trf_blocks):
             cache = kv_cache.layers[layer] if kv_cache is not None else None
             x = block(x, attn_mask, cache, past)
@@ -105,8 +119,8 @@ class GPT(nn.Module):
         return self.out_head(x)
 
     @staticmethod
-    def padding_aware_causal_mask(attention_mask: torch.Tensor, num_queries: int) -> torch.Tensor:
-        """Boolean ``(B, 1, T, S)`` mask: causal, padding keys hidden, each token sees itself.
+    def padding_aware_causal_mask(attention_mask: torch.Tensor, num_queries: int, causal: bool = True) -> torch.Tensor:
+        """Boolean ``(B, 1, T, S)`` mask: causal (unless ``causal=False``), padding keys hidden, each token sees itself.
 
         Letting a padding position attend to itself keeps its softmax finite; its output is
         never used.
@@ -115,9 +129,12 @@ class GPT(nn.Module):
         offset = num_keys - num_queries
         query_pos = torch.arange(offset, num_keys, device=attention_mask.device)[:, None]
         key_pos = torch.arange(num_keys, device=attention_mask.device)[None, :]
-        causal = key_pos <= query_pos
+        if causal:
+            allowed = key_pos <= query_pos
+        else:
+            allowed = torch.ones(num_queries, num_keys, dtype=torch.bool, device=attention_mask.device)
         visible = attention_mask.bool()[:, None, None, :]
-        return (causal & visible) | (key_pos == query_pos)
+        return (allowed & visible) | (key_pos == query_pos)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on the model's device and dtype, for up to ``max_len`` positions."""

@@ -1,6 +1,7 @@
 """One LightningModule per task, each around one GPT."""
 
 from gptlab.tasks.base import GPTTask
+from gptlab.tasks.classify import ClassifyTask
 from gptlab.tasks.pretrain import PretrainTask
 
-__all__ = ["GPTTask", "PretrainTask"]
+__all__ = ["ClassifyTask", "GPTTask", "PretrainTask"]

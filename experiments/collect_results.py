@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Summarise classification runs as a markdown table, one row per job.
+
+    python experiments/collect_results.py multirun/2025-01-01/12-00-00 [MORE_DIRS...]
+
+Each argument is a Hydra multirun directory (its numbered job directories are read) or a single
+run directory. A job contributes its command-line overrides (``.hydra/overrides.yaml``), its
+resolved config (``config.yaml``, written by ``gptlab-train``) and its final metrics
+(``metrics.json``). Columns: the overrides whose values differ between jobs (those shared by every
+job are listed above the table), then train/val/test accuracy in percent, test F1 and the wall time
+from the config being written to the metrics being written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METRICS = (("train/acc", "Training acc"), ("val/acc", "Validation acc"), ("test/acc", "Test acc"),
+           ("test/f1", "Test F1"))
+MISSING = "–"
+
+
+@dataclass
+class Job:
+    path: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] | None = None
+    minutes: float | None = None
+
+
+def _job_number(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (sys.maxsize, path.name)
+
+
+def find_jobs(root: Path) -> list[Path]:
+    """``root`` itself when it is a run, else its job directories in job-number order."""
+    if (root / "config.yaml").is_file() or (root / ".hydra").is_dir():
+        return [root]
+    jobs = [p for p in root.iterdir() if p.is_dir() and ((p / "config.yaml").is_file() or (p / ".hydra").is_dir())]
+    return sorted(jobs, key=_job_number)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def read_job(path: Path) -> Job:
+    job = Job(path)
+    for item in _read_yaml(path / ".hydra" / "overrides.yaml") or []:
+        key, _, value = str(item).partition("=")
+        job.overrides[key.lstrip("+~")] = value
+    job.config = _read_yaml(path / "config.yaml") or {}
+    metrics_path = path / "metrics.json"
+    if metrics_path.is_file():
+        try:
+            job.metrics = json.loads(metrics_path.read_text())
+        except ValueError:
+            job.metrics = None
+        config_path = path / "config.yaml"
+        if config_path.is_file():
+            job.minutes = max(0.0, (metrics_path.stat().st_mtime - config_path.stat().st_mtime) / 60.0)
+    return job
+
+
+def _percent(value: float | None) -> str:
+    return MISSING if value is None else f"{100.0 * value:.2f}%"
+
+
+def markdown_table(jobs: list[Job]) -> str:
+    """The table, preceded by the overrides every job shares."""
+    keys: list[str] = []
+    for job in jobs:
+        keys.extend(k for k in job.overrides if k not in keys)
+    values = {k: [job.overrides.get(k, "(default)") for job in jobs] for k in keys}
+    varying = [k for k in keys if len(set(values[k])) > 1] if len(jobs) > 1 else keys
+    common = [f"{k}={values[k][0]}" for k in keys if k not in varying]
+
+    header = ["job", *varying, *(title for _, title in METRICS), "Time (min)"]
+    lines = []
+    if common:
+        lines.append("Shared overrides: `" + " ".join(common) + "`\n")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for job, number in zip(jobs, range(len(jobs))):
+        row = [job.path.name if len(jobs) > 1 else str(job.path)]
+        row += [values[k][number] for k in varying]
+        if job.metrics is None:
+            row += ["failed or unfinished"] + [MISSING] * (len(METRICS) - 1) + [MISSING]
+        else:
+            row += [_percent(job.metrics.get(key)) for key, _ in METRICS]
+            row.append(MISSING if job.minutes is None else f"{job.minutes:.2f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="multirun or run directories")
+    args = parser.parse_args(argv)
+    jobs: list[Job] = []
+    for root in args.dirs:
+        if not root.is_dir():
+            print(f"collect_results: error: {root} is not a directory", file=sys.stderr)
+            return 2
+        jobs.extend(read_job(p) for p in find_jobs(root))
+    if not jobs:
+        print("collect_results: error: no run directories found (expected config.yaml or .hydra/ in them)",
+              file=sys.stderr)
+        return 2
+    print(markdown_table(jobs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

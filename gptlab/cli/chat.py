@@ -1,0 +1,98 @@
+"""``gptlab-chat``: ask an instruction-tuned model (book chapter 7) one instruction after another.
+
+Each line read from standard input is one instruction, wrapped in the Alpaca prompt format the
+model was fine-tuned on; the response streams back until ``<|endoftext|>`` or until the model
+starts a new ``###`` section. Works interactively and with piped input::
+
+    gptlab-chat runs/instruct
+    echo "Name the capital of France." | gptlab-chat runs/instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+
+from gptlab.cli.generate import (
+    StopStreamer,
+    add_sampling_arguments,
+    check_sampling_arguments,
+    emit,
+    load_for_generation,
+    make_generator,
+    stream_text,
+)
+from gptlab.errors import GptlabError
+from gptlab.prompts import SECTION_MARKER, format_prompt
+
+PROG = "gptlab-chat"
+EXIT_WORDS = ("exit", "quit", ":q")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Answer instructions read from standard input, one per line, with an instruction-tuned GPT.",
+    )
+    add_sampling_arguments(parser, max_new_tokens=256)
+    return parser
+
+
+def response_pieces(pieces: Iterator[str]) -> Iterator[str]:
+    """The response text, cut where the model opens a new ``### ...`` section."""
+    # The prompt ends in a newline, so a response that itself starts with "###" stops at once.
+    stopper = StopStreamer([SECTION_MARKER], context="\n")
+    for piece in pieces:
+        out = stopper.push(piece)
+        if out:
+            yield out
+        if stopper.stopped:
+            return
+    tail = stopper.flush()
+    if tail:
+        yield tail
+
+
+def run(args: argparse.Namespace) -> None:
+    check_sampling_arguments(args)
+    model, tokenizer = load_for_generation(args.source, args.tokenizer, args.device)
+    generator = make_generator(args.seed, model.tok_emb.weight.device)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"{model.cfg.name} ready; type an instruction (Ctrl-D or 'exit' to quit).")
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        instruction = line.strip()
+        if not instruction:
+            continue
+        if interactive and instruction.lower() in EXIT_WORDS:
+            break
+        prompt_ids = tokenizer.encode(format_prompt(instruction))
+        pieces = stream_text(model, tokenizer, prompt_ids, args, generator)
+        emit(response_pieces(pieces), sys.stdout, args.stream)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 for a problem the user can fix)."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except GptlabError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

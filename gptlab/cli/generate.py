@@ -1,0 +1,233 @@
+"""``gptlab-generate``: continue a prompt with any model ``load_pretrained`` accepts, streaming the text.
+
+Examples::
+
+    gptlab-generate gpt2 --prompt "Every effort moves you" --max-new-tokens 40
+    gptlab-generate runs/verdict --prompt "I had always" --temperature 1.0 --top-k 50 --seed 123
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TextIO
+
+import torch
+
+from gptlab.errors import ConfigError, GptlabError
+from gptlab.generate import stream_tokens
+from gptlab.model.gpt import GPT
+from gptlab.tokenizer import TOKENIZERS, ByteTokenizer, Tokenizer, get_tokenizer
+
+PROG = "gptlab-generate"
+#: Tokens whose text is held back at most, waiting for the rest of a split UTF-8 character.
+_MAX_PENDING = 8
+
+
+class TextStreamer:
+    """Turns generated ids into text as they arrive.
+
+    A BPE token can end in the middle of a multi-byte UTF-8 character, whose text then decodes
+    to U+FFFD. Such tokens are held back until the character is complete, so the printed text
+    never contains a replacement character that the full decode would not.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, token_id: int) -> str:
+        """The text that ``token_id`` completes (possibly empty)."""
+        if token_id >= self.tokenizer.vocab_size:
+            return ""  # a padded vocabulary row with no text
+        self.pending.append(token_id)
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < _MAX_PENDING:
+            return ""
+        self.pending.clear()
+        return text
+
+    def flush(self) -> str:
+        """Whatever is still held back, decoded as well as it can be."""
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending.clear()
+        return text
+
+
+class StopStreamer:
+    """Passes text through until a stop string appears; what precedes it is all that is emitted.
+
+    Text that could be the beginning of a stop string, and trailing whitespace, is held back
+    until the next piece shows whether it belongs to the answer.
+    """
+
+    def __init__(self, stops: Sequence[str], context: str = "") -> None:
+        """``context`` is text taken to precede the stream (never emitted), e.g. ``"\n"`` so that
+        a stop string ``"\n###"`` also matches at the very start."""
+        self.stops = [s for s in stops if s]
+        self.buffer = context
+        self.skip = len(context)
+        self.stopped = False
+
+    def _take(self, end: int) -> str:
+        out, self.buffer = self.buffer[:end], self.buffer[end:]
+        dropped = min(self.skip, len(out))
+        self.skip -= dropped
+        return out[dropped:]
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += text
+        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self.buffer = self.buffer[:cut].rstrip()
+            return self._take(len(self.buffer))
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.buffer)), 0, -1):
+                if self.buffer.endswith(stop[:n]):
+                    hold = max(hold, n)
+                    break
+        kept = self.buffer[: len(self.buffer) - hold]
+        return self._take(len(kept.rstrip()))
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        self.buffer = self.buffer.rstrip()
+        return self._take(len(self.buffer))
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    """The options ``gptlab-generate`` and ``gptlab-chat`` share."""
+    parser.add_argument("source", help="a GPT-2 name (gpt2, gpt2-medium, ...), a model or run directory, or a checkpoint")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding (default)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample among the tokens covering this probability")
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling, for reproducible output")
+    parser.add_argument("--eos", action=argparse.BooleanOptionalAction, default=True,
+                        help="stop at <|endoftext|> (default: on)")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default=None,
+                        help="default: byte for a 257-token vocabulary, else gpt2")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                        help="print tokens as they are generated (default: on)")
+
+
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k <= 0:
+        raise ConfigError(f"--top-k must be a positive integer, got {args.top_k}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise ConfigError(f"--top-p must lie in (0, 1], got {args.top_p}")
+
+
+def load_for_generation(source: str, tokenizer_name: str | None, device: str) -> tuple[GPT, Tokenizer]:
+    """The model from ``source`` in eval mode on ``device``, and a tokenizer that fits its vocabulary."""
+    from gptlab.weights import load_pretrained
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {device!r} is not a valid device: {err}") from None
+    model = load_pretrained(source).to(torch_device).eval()
+    vocab = model.cfg.vocab_size
+    name = tokenizer_name or ("byte" if vocab == ByteTokenizer.vocab_size else "gpt2")
+    tokenizer = get_tokenizer(name)
+    if tokenizer.vocab_size > vocab:
+        raise ConfigError(
+            f"tokenizer {name!r} has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab}; "
+            f"pick the tokenizer the model was trained with (--tokenizer {{{','.join(TOKENIZERS)}}})"
+        )
+    return model, tokenizer
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    torch.manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def stream_text(model: GPT, tokenizer: Tokenizer, prompt_ids: list[int], args: argparse.Namespace,
+                generator: torch.Generator | None) -> Iterator[str]:
+    """The generated text piece by piece, ending before ``<|endoftext|>`` when ``args.eos``."""
+    device = model.tok_emb.weight.device
+    idx = torch.tensor([prompt_ids or [tokenizer.eot_id]], dtype=torch.long, device=device)
+    eos_id = tokenizer.eot_id if args.eos else None
+    streamer = TextStreamer(tokenizer)
+    for next_id in stream_tokens(model, idx, args.max_new_tokens, temperature=args.temperature,
+                                 top_k=args.top_k, top_p=args.top_p, eos_id=eos_id, generator=generator):
+        token = int(next_id[0, 0])
+        if token == eos_id:
+            break
+        text = streamer.push(token)
+        if text:
+            yield text
+    tail = streamer.flush()
+    if tail:
+        yield tail
+
+
+def emit(pieces: Iterator[str], out: TextIO, stream: bool) -> str:
+    """Write ``pieces`` to ``out`` (flushing each one when streaming); return the whole text."""
+    if not stream:
+        text = "".join(pieces)
+        out.write(text)
+        return text
+    parts = []
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+        parts.append(piece)
+    return "".join(parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Continue a prompt with a GPT, printing the text as it is generated."
+    )
+    add_sampling_arguments(parser, max_new_tokens=50)
+    parser.add_argument("--prompt", default=None, help="the text to continue (default: read standard input)")
+    parser.add_argument("--echo", action=argparse.BooleanOptionalAction, default=True,
+                        help="print the prompt before its continuation (default: on)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    check_sampling_arguments(args)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    model, tokenizer = load_for_generation(args.source, args.tokenizer, args.device)
+    generator = make_generator(args.seed, model.tok_emb.weight.device)
+    if args.echo:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+    emit(stream_text(model, tokenizer, tokenizer.encode(prompt), args, generator), sys.stdout, args.stream)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 for a problem the user can fix)."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except GptlabError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
