@@ -5,9 +5,9 @@
 
 Each argument is a Hydra multirun directory (its numbered job directories are read) or a single
 run directory. A job contributes its command-line overrides (``.hydra/overrides.yaml``), its
-resolved config (``config.yaml``, written by ``gptlab-train``) and its final metrics
-(``metrics.json``). Columns: the overrides whose values differ between jobs (those shared by every
-job are listed above the table), then train/val/test accuracy in percent, test F1 and the wall time
+resolved config (``config.yaml``, written by ``gptlab-train``: it fills in the value of a setting
+that another job overrode) and its final metrics (``metrics.json``). Columns: the overrides whose
+values differ between jobs (those shared by every job are listed above the table), then train/val/test accuracy in percent, test F1 and the wall time
 from the config being written to the metrics being written.
 """
 
@@ -30,6 +30,7 @@ MISSING = "–"
 @dataclass
 class Job:
     path: Path
+    label: str
     overrides: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] | None = None
@@ -55,8 +56,8 @@ def _read_yaml(path: Path) -> Any:
         return None
 
 
-def read_job(path: Path) -> Job:
-    job = Job(path)
+def read_job(path: Path, label: str | None = None) -> Job:
+    job = Job(path, label or path.name)
     for item in _read_yaml(path / ".hydra" / "overrides.yaml") or []:
         key, _, value = str(item).partition("=")
         job.overrides[key.lstrip("+~")] = value
@@ -73,6 +74,16 @@ def read_job(path: Path) -> Job:
     return job
 
 
+def _lookup(config: dict[str, Any], dotted: str) -> str:
+    """A job's resolved value of an override another job set (``(default)`` if not in the config)."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "(default)"
+        node = node[part]
+    return "null" if node is None else str(node)
+
+
 def _percent(value: float | None) -> str:
     return MISSING if value is None else f"{100.0 * value:.2f}%"
 
@@ -82,7 +93,7 @@ def markdown_table(jobs: list[Job]) -> str:
     keys: list[str] = []
     for job in jobs:
         keys.extend(k for k in job.overrides if k not in keys)
-    values = {k: [job.overrides.get(k, "(default)") for job in jobs] for k in keys}
+    values = {k: [job.overrides.get(k, _lookup(job.config, k)) for job in jobs] for k in keys}
     varying = [k for k in keys if len(set(values[k])) > 1] if len(jobs) > 1 else keys
     common = [f"{k}={values[k][0]}" for k in keys if k not in varying]
 
@@ -93,7 +104,7 @@ def markdown_table(jobs: list[Job]) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for job, number in zip(jobs, range(len(jobs))):
-        row = [job.path.name if len(jobs) > 1 else str(job.path)]
+        row = [job.label]
         row += [values[k][number] for k in varying]
         if job.metrics is None:
             row += ["failed or unfinished"] + [MISSING] * (len(METRICS) - 1) + [MISSING]
@@ -113,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         if not root.is_dir():
             print(f"collect_results: error: {root} is not a directory", file=sys.stderr)
             return 2
-        jobs.extend(read_job(p) for p in find_jobs(root))
+        found = find_jobs(root)
+        for path in found:
+            # Job numbers repeat across multirun directories; name them by directory then.
+            label = f"{root.name}/{path.name}" if len(args.dirs) > 1 and path != root else path.name
+            jobs.append(read_job(path, label))
     if not jobs:
         print("collect_results: error: no run directories found (expected config.yaml or .hydra/ in them)",
               file=sys.stderr)

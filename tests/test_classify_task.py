@@ -126,7 +126,15 @@ def test_export_and_load_give_the_same_probabilities(tmp_path: Path):
                           "label_names": ["a", "b", "c"]}
         texts = ["hello", "a somewhat longer text"]
         directory = export_classifier(task, tmp_path / layers)
-        assert {p.name for p in directory.iterdir()} == {"config.json", "model.safetensors", "classifier.json"}
+        files = {"config.json", "model.safetensors", "classifier.json"}
+        if layers == "lora":
+            files.add("lora_adapter.safetensors")
+        assert {p.name for p in directory.iterdir()} == files
+        if layers == "lora":
+            from safetensors.torch import load_file
+
+            adapter = load_file(str(directory / "lora_adapter.safetensors"))
+            assert all(k.endswith((".lora_A", ".lora_B")) or k.startswith("out_head.") for k in adapter)
         classifier = load_classifier(directory)
         from gptlab.data.classification import encode_texts
 
@@ -183,3 +191,17 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
     assert collect.main([str(run)]) == 0
     table = capsys.readouterr().out
     assert f"{100 * metrics['test/acc']:.2f}%" in table and "| experiment |" in table and "| spam |" in table
+
+
+def test_init_loads_the_base_model_before_the_head_is_replaced(tmp_path: Path):
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.weights import save_model
+
+    torch.manual_seed(3)
+    base = GPT(GPTConfig.from_dict(NANO))
+    save_model(base, tmp_path / "base")
+    task = ClassifyTask(NANO, init=str(tmp_path / "base"), trainable_layers="lora")
+    state = task.gpt.state_dict()
+    assert torch.equal(state["tok_emb.weight"], base.tok_emb.weight)
+    assert torch.equal(state["trf_blocks.1.att.W_query.base.weight"], base.trf_blocks[1].att.W_query.weight)
+    assert task.gpt.out_head.out_features == 2 and not task.gpt.cfg.tie_embeddings

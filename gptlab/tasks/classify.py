@@ -24,12 +24,13 @@ from torchmetrics import Accuracy, ConfusionMatrix, F1Score, MeanMetric
 
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model import GPT, GPTConfig
-from gptlab.model.lora import DEFAULT_TARGETS, apply_lora, count_parameters, has_lora, merge_lora
+from gptlab.model.lora import DEFAULT_TARGETS, apply_lora, count_parameters, has_lora, lora_state_dict, merge_lora
 from gptlab.tasks.base import GPTTask, _plain
 
 TOKEN_POSITIONS = ("last", "first", "flexible", "mean")
 TRAINABLE_LAYERS = ("last_layer", "last_block", "last_two_blocks", "all", "lora")
 CLASSIFIER_FILE = "classifier.json"
+ADAPTER_FILE = "lora_adapter.safetensors"
 
 Batch = dict[str, torch.Tensor]
 
@@ -342,14 +343,23 @@ def classifier_meta(task: ClassifyTask) -> dict[str, Any]:
 
 
 def export_classifier(task: ClassifyTask, directory: str | Path) -> Path:
-    """Save ``task``'s classifier (adapters merged) with ``save_model`` plus ``classifier.json``."""
+    """Save ``task``'s classifier (adapters merged) with ``save_model`` plus ``classifier.json``.
+
+    A LoRA classifier also gets ``lora_adapter.safetensors`` (``lora_state_dict``: adapters and head).
+    """
+    from safetensors.torch import save_file
+
     from gptlab.weights import save_model
 
     gpt = copy.deepcopy(task.gpt).cpu().float()
+    adapter = lora_state_dict(gpt) if has_lora(gpt) else None
     merge_lora(gpt)
-    path = save_model(gpt, directory)
-    (Path(path) / CLASSIFIER_FILE).write_text(json.dumps(classifier_meta(task), indent=2) + "\n")
-    return Path(path)
+    path = Path(save_model(gpt, directory))
+    (path / CLASSIFIER_FILE).write_text(json.dumps(classifier_meta(task), indent=2) + "\n")
+    if adapter is not None:
+        # The adapters and head alone: a few percent of the model, for sharing or re-use on the same base.
+        save_file({k: v.contiguous() for k, v in adapter.items()}, str(path / ADAPTER_FILE))
+    return path
 
 
 def format_confusion(matrix: list[list[int]], names: Sequence[str]) -> str:
