@@ -19,7 +19,7 @@ class GenerateSample(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not hasattr(pl_module, "gpt"):
+        if trainer.sanity_checking or not getattr(pl_module, "generates_text", False):
             return
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         if tokenizer is None:

@@ -34,6 +34,9 @@ def _plain(value: Any) -> Any:
 class GPTTask(L.LightningModule):
     """Base LightningModule around one ``GPT``.
 
+    ``generates_text`` tells callbacks such as ``GenerateSample`` whether the model's head still
+    predicts tokens (a classifier's does not).
+
     Args:
         model: a model config dict (``preset`` plus overrides, or every ``GPTConfig`` field).
         optimizer: ``OptimizerConfig`` fields.
@@ -42,6 +45,8 @@ class GPTTask(L.LightningModule):
             ``gptlab.weights.load_pretrained`` accepts (a model name, a directory, a checkpoint).
         compile: wrap the model in ``torch.compile``.
     """
+
+    generates_text: bool = True
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any] | None = None,
                  scheduler: dict[str, Any] | None = None, init: str | None = None,

@@ -132,6 +132,8 @@ class ClassifyTask(GPTTask):
         lora: ``LoRAConfig`` fields (``rank``, ``alpha``, ``dropout``, ``targets``).
     """
 
+    generates_text = False
+
     def __init__(self, model: dict[str, Any], num_classes: int = 2, trainable_layers: str = "last_block",
                  token_position: str = "last", causal_mask: bool = True, mask_padding: bool = False,
                  lora: dict[str, Any] | None = None, **kwargs: Any) -> None:
