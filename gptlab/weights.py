@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,10 @@ def _is_gptlab_export(directory: Path) -> bool:
         return False
 
 
-def _atomic_directory(target: Path, write: Any, replaceable: Any) -> Path:
+def _atomic_directory(target: Path, write: Callable[[Path], None], replaceable: Callable[[Path], bool]) -> Path:
     """Run ``write(tmp_dir)``, then move ``tmp_dir`` to ``target`` (replacing an old copy).
 
+    The files are flushed to disk before the rename, so the directory that appears is complete.
     POSIX cannot rename a directory over a non-empty one, so an old target is first renamed
     aside and removed only once the new one is in place.
     """
@@ -127,6 +129,9 @@ def _atomic_directory(target: Path, write: Any, replaceable: Any) -> Path:
     tmp.mkdir()
     try:
         write(tmp)
+        for path in tmp.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)

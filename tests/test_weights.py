@@ -79,7 +79,8 @@ def test_hf_safetensors_directory_matches_transformers(tmp_path: Path):
 
     assert model.training  # ready to fine-tune
     cfg = model.cfg
-    assert (cfg.vocab_size, cfg.context_length, cfg.emb_dim, cfg.n_layers, cfg.n_heads) == (VOCAB, CTX, EMB, LAYERS, HEADS)
+    shape = (cfg.vocab_size, cfg.context_length, cfg.emb_dim, cfg.n_layers, cfg.n_heads)
+    assert shape == (VOCAB, CTX, EMB, LAYERS, HEADS)
     assert cfg.qkv_bias and cfg.tie_embeddings and cfg.drop_rate == 0.0
     assert model.out_head.weight is model.tok_emb.weight
     assert_same_logits(model, hf, ids())
@@ -136,6 +137,33 @@ def test_task_init_loads_pretrained_weights(tmp_path: Path):
     model_cfg = {k: v for k, v in SMALL.to_dict().items() if k != "name"}
     task = PretrainTask(model=model_cfg, init=str(tmp_path))
     assert_same_logits(task.gpt, hf, ids())
+
+
+def test_checkpoint_of_an_initialised_task_records_the_built_model_and_reloads_offline(tmp_path: Path):
+    import lightning as L
+
+    from gptlab.tasks.pretrain import PretrainTask
+
+    hf = hf_model()
+    hf.save_pretrained(tmp_path / "gpt2")
+    # The preset says no qkv bias and an untied head; the GPT-2 weights have biases and tie them.
+    asked = {"preset": "nano", "vocab_size": VOCAB, "emb_dim": EMB, "n_heads": 4, "n_layers": 2,
+             "context_length": 64}
+    task = PretrainTask(model=asked, init=str(tmp_path / "gpt2"))
+    assert task.hparams["model"]["qkv_bias"] is True
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    data = torch.randint(0, VOCAB, (2, 9))
+    trainer.fit(task, torch.utils.data.DataLoader(list(zip(data[:, :-1], data[:, 1:])), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "step1.ckpt")
+
+    saved = torch.load(tmp_path / "step1.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert saved["init"] is None and saved["initialized_from"] == str(tmp_path / "gpt2")
+    (tmp_path / "gpt2" / "model.safetensors").unlink()  # rebuilding must not need the source again
+    reloaded = PretrainTask.load_from_checkpoint(tmp_path / "step1.ckpt")
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(reloaded.gpt.eval()(x), task.gpt.eval()(x))
 
 
 # ---------------------------------------------------------------- export to Hugging Face

@@ -103,7 +103,8 @@ class StopStreamer:
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     """The options ``gptlab-generate`` and ``gptlab-chat`` share."""
-    parser.add_argument("source", help="a GPT-2 name (gpt2, gpt2-medium, ...), a model or run directory, or a checkpoint")
+    parser.add_argument("source",
+                        help="a GPT-2 name (gpt2, gpt2-medium, ...), a model or run directory, or a checkpoint")
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding (default)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")

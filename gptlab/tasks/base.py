@@ -44,25 +44,29 @@ class GPTTask(L.LightningModule):
         init: where the initial weights come from: ``None`` for random, else anything
             ``gptlab.weights.load_pretrained`` accepts (a model name, a directory, a checkpoint).
         compile: wrap the model in ``torch.compile``.
+        initialized_from: a record of where the weights first came from; checkpoints set it in
+            place of ``init`` (their weights are the trained ones), nothing loads from it.
     """
 
     generates_text: bool = True
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any] | None = None,
                  scheduler: dict[str, Any] | None = None, init: str | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, initialized_from: str | None = None) -> None:
         super().__init__()
         model, optimizer, scheduler = _plain(model), _plain(optimizer) or {}, _plain(scheduler) or {}
-        self.model_config = GPTConfig.from_dict(model)
         self.optimizer_config = OptimizerConfig(**optimizer)
         self.scheduler_config = SchedulerConfig(**scheduler)
-        # Store the resolved model config, not the preset name: a checkpoint then describes its
-        # architecture completely, whatever the presets become later.
+        self.model = self.build_model(GPTConfig.from_dict(model), init)
+        # The architecture actually built: pretrained weights decide qkv_bias and tying, whatever
+        # the preset said. Recording it (not the preset name) makes a checkpoint describe its
+        # model completely, so load_from_checkpoint rebuilds it outside Hydra.
+        self.model_config = self.gpt.cfg
         self.save_hyperparameters(
             {"model": self.model_config.to_dict(), "optimizer": asdict(self.optimizer_config),
-             "scheduler": asdict(self.scheduler_config), "init": init, "compile": compile}
+             "scheduler": asdict(self.scheduler_config), "init": init, "compile": compile,
+             "initialized_from": init or initialized_from}
         )
-        self.model = self.build_model(self.model_config, init)
         self.compile_model = compile
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
 
@@ -99,6 +103,12 @@ class GPTTask(L.LightningModule):
             count = self.trainer.strategy.reduce(count, reduce_op="sum")
         self.tokens_seen += count.long()
         self.log("tokens_seen", self.tokens_seen.float(), on_step=True, on_epoch=False, sync_dist=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint holds the weights: rebuilding from it must not load ``init`` again."""
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams and hparams.get("init") is not None:
+            checkpoint["hyper_parameters"] = {**hparams, "init": None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse, with a clear message, a checkpoint whose architecture differs from this run's."""
