@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 
+from gptlab.cli import run_command
 from gptlab.cli.generate import (
     StopStreamer,
     add_sampling_arguments,
@@ -23,7 +24,6 @@ from gptlab.cli.generate import (
     make_generator,
     stream_text,
 )
-from gptlab.errors import GptlabError
 from gptlab.prompts import SECTION_MARKER, format_prompt
 
 PROG = "gptlab-chat"
@@ -83,15 +83,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for a problem the user can fix)."""
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except GptlabError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
-    return 0
+    return run_command(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

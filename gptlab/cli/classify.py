@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gptlab.cli import run_command
 from gptlab.errors import GptlabError
 
 PROG = "gptlab-classify"
@@ -46,29 +47,26 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit status (2 for a usage or input error)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    texts = _read_texts(args)
+    import torch
+
+    from gptlab.tasks.classify import load_classifier
+
+    classifier = load_classifier(args.model)
     try:
-        texts = _read_texts(args)
-        import torch
-
-        from gptlab.tasks.classify import load_classifier
-
-        classifier = load_classifier(args.model)
-        try:
-            classifier.model.to(torch.device(args.device))
-        except (RuntimeError, ValueError) as err:
-            raise GptlabError(f"cannot use device {args.device!r}: {err}") from None
-        predictions = classifier.predict(texts)
-    except GptlabError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    for text, (label, probability) in zip(texts, predictions):
+        classifier.model.to(torch.device(args.device))
+    except (RuntimeError, ValueError) as err:
+        raise GptlabError(f"cannot use device {args.device!r}: {err}") from None
+    for text, (label, probability) in zip(texts, classifier.predict(texts)):
         flat = " ".join(text.split())
         print(f"{label}\t{probability:.4f}\t{flat}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 for a usage or input error)."""
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from typing import TextIO
 
 import torch
 
-from gptlab.errors import ConfigError, GptlabError
+from gptlab.cli import run_command
+from gptlab.errors import ConfigError
 from gptlab.generate import stream_tokens
 from gptlab.model.gpt import GPT
 from gptlab.tokenizer import TOKENIZERS, ByteTokenizer, Tokenizer, get_tokenizer
@@ -220,14 +221,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for a problem the user can fix)."""
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except GptlabError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_command(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":
