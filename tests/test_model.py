@@ -140,3 +140,16 @@ def test_config_errors_are_one_clear_line():
     model = GPT(GPTConfig.from_preset("nano"))
     with pytest.raises(ConfigError, match="exceeds the model's context_length 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_weight_init_schemes():
+    torch.manual_seed(0)
+    gpt2 = GPT(GPTConfig.from_preset("nano", weight_init="gpt2"))
+    book = GPT(GPTConfig.from_preset("nano", weight_init="book"))
+    # GPT-2: N(0, 0.02) everywhere, zero biases. The book: PyTorch's defaults, N(0, 1) embeddings.
+    assert abs(gpt2.tok_emb.weight.std().item() - 0.02) < 1e-3
+    assert torch.count_nonzero(gpt2.trf_blocks[0].ff.layers[0].bias) == 0
+    assert abs(book.tok_emb.weight.std().item() - 1.0) < 0.02
+    assert torch.count_nonzero(book.trf_blocks[0].ff.layers[0].bias) > 0
+    with pytest.raises(ConfigError, match="weight_init='xavier' is unknown"):
+        GPTConfig.from_preset("nano", weight_init="xavier")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from gptlab.errors import ConfigError
 
 AttentionBackend = Literal["sdpa", "manual"]
+WeightInit = Literal["gpt2", "book"]
 
 
 @dataclass
@@ -28,6 +29,10 @@ class GPTConfig:
     qkv_bias: bool = False
     tie_embeddings: bool = False
     attention: AttentionBackend = "sdpa"
+    #: ``gpt2``: N(0, 0.02) weights and zero biases, as GPT-2 was trained. ``book``: PyTorch's
+    #: default initialisation, as the book's ``GPTModel`` has it (embeddings N(0, 1)); it
+    #: memorises a small corpus such as "The Verdict" much faster.
+    weight_init: WeightInit = "gpt2"
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -41,6 +46,8 @@ class GPTConfig:
         for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             if int(getattr(self, key)) <= 0:
                 raise ConfigError(f"model.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.weight_init not in ("gpt2", "book"):
+            raise ConfigError(f"model.weight_init={self.weight_init!r} is unknown; use 'gpt2' or 'book'")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"model.drop_rate must lie in [0, 1), got {self.drop_rate}")
 
