@@ -15,15 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from gptlab.cli import run_command
-from gptlab.cli.generate import (
-    StopStreamer,
-    add_sampling_arguments,
-    check_sampling_arguments,
-    emit,
-    load_for_generation,
-    make_generator,
-    stream_text,
-)
+from gptlab.cli.generate import StopStreamer, add_sampling_arguments, emit_line, prepare, stream_text
 from gptlab.prompts import SECTION_MARKER, format_prompt
 
 PROG = "gptlab-chat"
@@ -55,9 +47,7 @@ def response_pieces(pieces: Iterator[str]) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    check_sampling_arguments(args)
-    model, tokenizer = load_for_generation(args.source, args.tokenizer, args.device)
-    generator = make_generator(args.seed, model.tok_emb.weight.device)
+    model, tokenizer, generator = prepare(args)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"{model.cfg.name} ready; type an instruction (Ctrl-D or 'exit' to quit).")
@@ -75,9 +65,7 @@ def run(args: argparse.Namespace) -> None:
             break
         prompt_ids = tokenizer.encode(format_prompt(instruction))
         pieces = stream_text(model, tokenizer, prompt_ids, args, generator)
-        emit(response_pieces(pieces), sys.stdout, args.stream)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        emit_line(response_pieces(pieces), args.stream)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

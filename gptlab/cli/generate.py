@@ -205,17 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> None:
+def prepare(args: argparse.Namespace) -> tuple[GPT, Tokenizer, torch.Generator | None]:
+    """Check the sampling options, then load the model, its tokenizer and the seeded generator."""
     check_sampling_arguments(args)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     model, tokenizer = load_for_generation(args.source, args.tokenizer, args.device)
-    generator = make_generator(args.seed, model.tok_emb.weight.device)
+    return model, tokenizer, make_generator(args.seed, model.tok_emb.weight.device)
+
+
+def emit_line(pieces: Iterator[str], stream: bool) -> None:
+    """Write the pieces to stdout (as they come when streaming) and end the line."""
+    emit(pieces, sys.stdout, stream)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> None:
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    model, tokenizer, generator = prepare(args)
     if args.echo:
         sys.stdout.write(prompt)
         sys.stdout.flush()
-    emit(stream_text(model, tokenizer, tokenizer.encode(prompt), args, generator), sys.stdout, args.stream)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    emit_line(stream_text(model, tokenizer, tokenizer.encode(prompt), args, generator), args.stream)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
