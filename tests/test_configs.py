@@ -1,5 +1,6 @@
 """Every config in conf/ composes, and what it builds is valid."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,17 @@ def test_verdict_experiment_is_the_books_chapter5_setup():
     assert resolved["task"]["optimizer"]["lr"] == 4e-4 and resolved["task"]["optimizer"]["weight_decay"] == 0.1
     assert resolved["trainer"]["max_epochs"] == 10
     assert resolved["data"]["source"].endswith("the-verdict.txt")
+
+
+def test_every_model_field_is_a_plain_override_on_top_of_the_preset():
+    resolved = resolve(compose_train(["model.n_layers=3", "model.attention=manual", "model.vocab_size=257"]))
+    model = GPTConfig.from_dict(resolved["model"])
+    micro = GPTConfig.from_preset("micro")
+    assert (model.n_layers, model.attention, model.vocab_size) == (3, "manual", 257)
+    assert (model.emb_dim, model.n_heads, model.tie_embeddings) == (micro.emb_dim, micro.n_heads, micro.tie_embeddings)
+
+
+def test_model_configs_list_every_gptconfig_field():
+    resolved = resolve(compose_train([]))
+    fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"name"}
+    assert set(resolved["model"]) == fields | {"preset"}

@@ -66,10 +66,11 @@ class GPTConfig:
     def from_dict(cls, values: dict[str, Any]) -> GPTConfig:
         """Build from a plain dict (a Hydra ``model`` node or a saved config).
 
-        A ``preset`` key starts from that preset; the other keys override it. Unknown keys are
-        an error, so a typo in a config never silently falls back to a default.
+        A ``preset`` key starts from that preset; the other keys override it, and a ``None``
+        value keeps the preset's (the Hydra model configs list every field as ``null``). Unknown
+        keys are an error, so a typo in a config never silently falls back to a default.
         """
-        values = dict(values)
+        values = {key: value for key, value in values.items() if value is not None}
         preset = values.pop("preset", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
