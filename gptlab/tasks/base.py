@@ -68,6 +68,8 @@ class GPTTask(L.LightningModule):
              "initialized_from": init or initialized_from}
         )
         self.compile_model = compile
+        # One full-length sequence: Lightning's model summary then reports FLOPs per sequence.
+        self.example_input_array = torch.zeros((1, self.model_config.context_length), dtype=torch.long)
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
 
     def build_model(self, config: GPTConfig, init: str | None) -> nn.Module:
