@@ -38,18 +38,20 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
 def stream_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                   top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                   attention_mask: torch.Tensor | None = None, use_cache: bool = True,
-                  generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+                  generator: torch.Generator | None = None,
+                  vocab_limit: int | None = None) -> Iterator[torch.Tensor]:
     """Yield the next ids, ``(batch, 1)``, one step at a time.
 
     ``attention_mask`` (1 = token, 0 = padding) supports left-padded batches of prompts of
     different lengths. A row that has produced ``eos_id`` keeps producing ``eos_id``; generation
-    stops once every row has.
+    stops once every row has. ``vocab_limit`` keeps ids below it: a vocabulary padded past the
+    tokenizer's (e.g. 50304 for 50257) has rows that decode to no text.
     """
     was_training = model.training
     model.eval()
     try:
         yield from _decode(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
-                           attention_mask, use_cache, generator)
+                           attention_mask, use_cache, generator, vocab_limit)
     finally:
         model.train(was_training)
 
@@ -57,7 +59,7 @@ def stream_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperatur
 def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float,
             top_k: int | None, top_p: float | None, eos_id: int | None,
             attention_mask: torch.Tensor | None, use_cache: bool,
-            generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+            generator: torch.Generator | None, vocab_limit: int | None) -> Iterator[torch.Tensor]:
     context_length = model.cfg.context_length
     batch_size = idx.shape[0]
     finished = torch.zeros(batch_size, 1, dtype=torch.bool, device=idx.device)
@@ -87,7 +89,7 @@ def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
             feed, feed_mask = tokens, mask
         pos = positions(feed_mask)[:, -feed.shape[1]:] if feed_mask is not None else None
         logits = model(feed, attention_mask=feed_mask, position_ids=pos, kv_cache=cache if use_cache else None)
-        next_id = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+        next_id = sample_next_token(logits[:, -1, :vocab_limit], temperature, top_k, top_p, generator)
         if eos_id is not None:
             next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
             finished |= next_id == eos_id
@@ -102,12 +104,12 @@ def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              attention_mask: torch.Tensor | None = None, use_cache: bool = True,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, vocab_limit: int | None = None) -> torch.Tensor:
     """``idx`` followed by up to ``max_new_tokens`` generated ids (book's ``generate``).
 
     Stops early once every row has produced ``eos_id``; the ``eos_id`` itself is part of the
     output, and rows that finished first are filled with it.
     """
     new = list(stream_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
-                             attention_mask, use_cache, generator))
+                             attention_mask, use_cache, generator, vocab_limit))
     return torch.cat([idx, *new], dim=1) if new else idx

@@ -64,6 +64,22 @@ def test_generate_byte_model_picks_the_byte_tokenizer(byte_model: Path, capsys: 
     assert out == expected + "\n"
 
 
+def test_generate_never_emits_padded_vocabulary_rows(tmp_path: Path, capsys: pytest.CaptureFixture):
+    # A byte model whose vocabulary is padded from 257 to 264 rows, with the padded rows made
+    # the most likely (the final LayerNorm outputs all ones, so each logit is its row's sum).
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("nano", vocab_size=264))
+    with torch.no_grad():
+        model.final_norm.scale.zero_()
+        model.final_norm.shift.fill_(1.0)
+        model.out_head.weight[257:] = 10.0
+    model_dir = save_model(model, tmp_path / "model")
+    assert generate_main([str(model_dir), "--tokenizer", "byte", "--prompt", "abc", "--max-new-tokens", "6",
+                          "--no-eos", "--no-echo"]) == 0
+    best_byte = int(model.out_head.weight[:257].sum(dim=-1).argmax())
+    assert capsys.readouterr().out == get_tokenizer("byte").decode([best_byte] * 6) + "\n"
+
+
 def test_generate_seeded_sampling_is_reproducible(bpe_model: Path, capsys: pytest.CaptureFixture):
     args = [str(bpe_model), "--prompt", "Hello", "--max-new-tokens", "15", "--temperature", "1.0",
             "--top-k", "50", "--top-p", "0.95", "--no-eos"]

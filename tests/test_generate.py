@@ -144,3 +144,28 @@ def test_generate_restores_training_mode():
     model = tiny_gpt().train()
     generate(model, prompt(4), 3)
     assert model.training
+
+
+def padded_vocab_gpt(padded_rows: int) -> GPT:
+    """A model whose last ``padded_rows`` vocabulary rows win every step unless they are excluded.
+
+    The final LayerNorm is set to output all ones, so each logit is the sum of its output row.
+    """
+    model = tiny_gpt()
+    with torch.no_grad():
+        model.final_norm.scale.zero_()
+        model.final_norm.shift.fill_(1.0)
+        model.out_head.weight[-padded_rows:] = 10.0
+    return model
+
+
+def test_vocab_limit_keeps_padded_rows_out():
+    real = VOCAB - 8
+    model = padded_vocab_gpt(8)
+    idx = prompt(4)
+    assert (generate(model, idx, 5)[0, 4:] >= real).all()  # without the limit the padding wins
+    best_real_id = int(model.out_head.weight[:real].sum(dim=-1).argmax())
+    assert generate(model, idx, 5, vocab_limit=real)[0, 4:].tolist() == [best_real_id] * 5
+    sampled = generate(model, idx, 20, temperature=1.0, vocab_limit=real,
+                       generator=torch.Generator().manual_seed(0))
+    assert (sampled[0, 4:] < real).all()

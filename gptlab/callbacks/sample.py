@@ -26,7 +26,7 @@ class GenerateSample(L.Callback):
             return
         ids = torch.tensor([tokenizer.encode(self.prompt)], device=pl_module.device)
         ids = ids[:, -pl_module.gpt.cfg.context_length:]
-        out = generate(pl_module.gpt, ids, self.max_new_tokens)
+        out = generate(pl_module.gpt, ids, self.max_new_tokens, vocab_limit=tokenizer.vocab_size)
         self.last_sample = tokenizer.decode(out[0].tolist()).replace("\n", " ")
         message = f"[step {trainer.global_step}] {self.last_sample}"
         bar = trainer.progress_bar_callback

@@ -40,8 +40,6 @@ class TextStreamer:
 
     def push(self, token_id: int) -> str:
         """The text that ``token_id`` completes (possibly empty)."""
-        if token_id >= self.tokenizer.vocab_size:
-            return ""  # a padded vocabulary row with no text
         self.pending.append(token_id)
         text = self.tokenizer.decode(self.pending)
         if text.endswith("\ufffd") and len(self.pending) < _MAX_PENDING:
@@ -168,7 +166,8 @@ def stream_text(model: GPT, tokenizer: Tokenizer, prompt_ids: list[int], args: a
     eos_id = tokenizer.eot_id if args.eos else None
     streamer = TextStreamer(tokenizer)
     for next_id in stream_tokens(model, idx, args.max_new_tokens, temperature=args.temperature,
-                                 top_k=args.top_k, top_p=args.top_p, eos_id=eos_id, generator=generator):
+                                 top_k=args.top_k, top_p=args.top_p, eos_id=eos_id, generator=generator,
+                                 vocab_limit=tokenizer.vocab_size):
         token = int(next_id[0, 0])
         if token == eos_id:
             break
