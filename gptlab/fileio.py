@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import IO
 
 
-def _sibling(target: Path, kind: str) -> Path:
-    return target.parent / f".{target.name}.{kind}-{uuid.uuid4().hex[:8]}"
+def _sibling(target: Path, kind: str, suffix: str = "") -> Path:
+    """A unique hidden name beside ``target`` (unique, so concurrent writers never share it)."""
+    return target.parent / f".{target.name}.{kind}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
 @contextmanager
@@ -30,7 +31,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(target, "tmp").with_suffix(target.suffix or ".tmp")
+    tmp = _sibling(target, "tmp", target.suffix)
     try:
         yield tmp
         if tmp.is_file():
