@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.data.classification import (
-    SMS_SPAM_SHA256,
-    SMSSpamDataModule,
-    TextClassificationDataModule,
-    encode_texts,
-)
+from gptlab.data.classification import TextClassificationDataModule, encode_texts
+from gptlab.data.sms_spam import SMS_SPAM_SHA256, SMSSpamDataModule
 from gptlab.errors import ConfigError, DataError
 from gptlab.tokenizer import get_tokenizer
 
