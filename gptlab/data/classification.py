@@ -198,7 +198,7 @@ class TextClassificationDataModule(L.LightningDataModule):
             return self.frames
         paths = self.source_paths()
         frames = {split: self.read_frame(path) for split, path in paths.items()}
-        names = self._label_names or tables.infer_label_names(frames.get("all", frames.get("train"))["label"])
+        names = self._label_names or tables.infer_label_names(frames["all" if "all" in frames else "train"]["label"])
         for split, path in paths.items():
             frames[split]["label"] = tables.label_ids(frames[split]["label"], names, str(path),
                                                       integer_ids=self._label_names is None)
