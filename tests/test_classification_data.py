@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from gptlab.data.classification import (
-    SMS_SPAM_SHA256,
-    SMSSpamDataModule,
-    TextClassificationDataModule,
-    encode_texts,
-)
+from gptlab.data import sha256_file, tables
+from gptlab.data.classification import TextClassificationDataModule, encode_texts
+from gptlab.data.sms_spam import SMS_SPAM_SHA256, SMSSpamDataModule
 from gptlab.errors import ConfigError, DataError
 from gptlab.tokenizer import get_tokenizer
 
@@ -126,10 +124,12 @@ def test_download_extract_and_verify(tmp_path: Path, sms_path: Path):
     extracted = tmp_path / "cache" / "downloads" / "sms_spam" / "SMSSpamCollection"
     assert extracted.is_file()
 
+    # The pinned checksum is the real UCI file's; a member that does not match it is refused and removed.
+    assert sha256_file(sms_path) == SMS_SPAM_SHA256
     wrong = SMSSpamDataModule(url=archive.as_uri(), cache_dir=str(tmp_path / "cache2"), member_sha256="0" * 64)
-    with pytest.raises(DataError, match="sha256"):
+    with pytest.raises(DataError, match=f"has sha256 {SMS_SPAM_SHA256}, expected 0{{64}}.*data.path="):
         wrong.prepare_data()
-    assert SMS_SPAM_SHA256.startswith("7d039a24")
+    assert not (tmp_path / "cache2" / "downloads" / "sms_spam" / "SMSSpamCollection").exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,3 +209,54 @@ def test_byte_tokenizer_round_trip():
     batch = encode_texts(["ab", "abcd", ""], tok, max_length=3)
     assert batch["input_ids"].tolist() == [[97, 98, 256], [97, 98, 99], [256, 256, 256]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Table functions on their own
+
+
+def _frame(labels: str) -> Any:
+    """One row per character of ``labels``: texts ``t0, t1, ...`` with those labels."""
+    import pandas as pd
+
+    return pd.DataFrame({"text": [f"t{i}" for i in range(len(labels))], "label": list(labels)})
+
+
+def test_label_ids_follow_the_given_names_and_reject_others():
+    df = _frame("bab")
+    assert tables.label_ids(df["label"], ["b", "a"], "f.csv").tolist() == [0, 1, 0]
+    assert tables.infer_label_names(df["label"]) == ["a", "b"]
+    with pytest.raises(DataError, match=r"f.csv has labels \['b'\] outside data.label_names=\['a'\]"):
+        tables.label_ids(df["label"], ["a"], "f.csv")
+    import pandas as pd
+
+    ints = pd.Series([2, 0, 1])
+    assert tables.infer_label_names(ints) == ["0", "1", "2"]
+    assert tables.label_ids(ints, ["0", "1", "2"], "f", integer_ids=True).tolist() == [2, 0, 1]
+    with pytest.raises(DataError, match="outside 0..1"):
+        tables.label_ids(ints, ["0", "1"], "f", integer_ids=True)
+
+
+def test_balance_keeps_the_smallest_class_whole_and_samples_the_others():
+    df = _frame("aaaaabbcc")
+    balanced = tables.balance(df, seed=1)
+    assert balanced["label"].value_counts().to_dict() == {"a": 2, "b": 2, "c": 2}
+    assert set(balanced["text"][balanced["label"] == "b"]) == {"t5", "t6"}
+    assert balanced["text"][balanced["label"] == "a"].tolist() == df[df["label"] == "a"].sample(2, random_state=1)["text"].tolist()
+
+
+def test_split_by_ratio_is_a_seeded_shuffle_cut_by_int_of_each_share():
+    df = _frame("ab" * 11)  # 22 rows: int(22 * 0.7) = 15, int(22 * 0.1) = 2, rest 5
+    parts = tables.split_by_ratio(df, 0.7, 0.1, seed=123)
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [15, 2, 5]
+    shuffled = df.sample(frac=1, random_state=123)["text"].tolist()
+    assert parts["train"]["text"].tolist() + parts["val"]["text"].tolist() + parts["test"]["text"].tolist() == shuffled
+
+
+def test_labelled_texts_drops_incomplete_rows_with_a_warning(tmp_path: Path):
+    path = tmp_path / "r.tsv"
+    path.write_text("hello\tpos\n\tneg\nbye\t\n")
+    df = tables.read_table(path, column_names=["t", "l"])
+    with pytest.warns(UserWarning, match="dropped 2 row"):
+        out = tables.labelled_texts(df, "t", "l", str(path))
+    assert out.to_dict("records") == [{"text": "hello", "label": "pos"}]

@@ -144,6 +144,27 @@ def test_checksum_mismatch_leaves_no_file(server: _Server, tmp_path: Path):
     assert _leftovers(tmp_path) == []
 
 
+def test_a_mismatch_also_removes_an_outdated_cached_copy(server: _Server, tmp_path: Path):
+    server.files["/data/corpus.txt"] = b"changed upstream"
+    (tmp_path / "corpus.txt").write_bytes(b"an old, damaged copy")
+    url = f"{server.url}/data/corpus.txt"
+    with pytest.raises(DataError) as info:
+        download(url, _sha(b"the pinned content"), cache_dir=tmp_path, local_hint="data.path")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"checksum mismatch for {url}:")
+    assert "data.path=/path/to/corpus.txt" in message
+    assert _leftovers(tmp_path) == [] and server.requests == ["/data/corpus.txt"]
+
+
+def test_checksums_are_compared_in_full_and_case_blind(server: _Server, tmp_path: Path):
+    body = b"content"
+    server.files["/c.txt"] = body
+    assert download(f"{server.url}/c.txt", _sha(body).upper(), cache_dir=tmp_path).read_bytes() == body
+    almost = _sha(body)[:-1] + ("0" if _sha(body)[-1] != "0" else "1")  # differs in the last digit only
+    with pytest.raises(DataError, match="checksum mismatch"):
+        download(f"{server.url}/c.txt", almost, cache_dir=tmp_path / "other")
+
+
 def test_an_interrupted_download_leaves_no_file(server: _Server, tmp_path: Path):
     server.files["/big.txt"] = b"x" * 5000
     server.truncate.add("/big.txt")

@@ -1,7 +1,15 @@
-"""Data: downloads, text sources, token caches and the Lightning data modules built on them."""
+"""Data: downloads, text sources, token caches, labelled tables and the Lightning data modules built on them.
 
-from gptlab.data.classification import SMSSpamDataModule, TextClassificationDataModule
+- ``downloads``: cached, sha256-verified downloads and zip extraction;
+- ``sources``: pretraining text (embedded, files, URLs, Hugging Face datasets) as chunk streams;
+- ``token_cache`` / ``pretrain``: a corpus tokenized once, cut into next-token windows;
+- ``tables`` / ``classification`` / ``sms_spam``: labelled texts padded with one ``TextEncoding``.
+"""
+
+from gptlab.data.classification import TextClassificationDataModule, encode_texts
+from gptlab.data.downloads import cache_root, download, extract_member, sha256_file
 from gptlab.data.pretrain import PretrainDataModule, SlidingWindowDataset
+from gptlab.data.sms_spam import SMSSpamDataModule
 from gptlab.data.sources import (
     THE_VERDICT_SHA256,
     THE_VERDICT_URL,
@@ -9,14 +17,11 @@ from gptlab.data.sources import (
     FileSource,
     HFSource,
     TextSource,
-    cache_root,
-    download,
-    extract_member,
     local_text_source,
     read_text_source,
-    sha256_file,
 )
 from gptlab.data.token_cache import build_token_cache, open_tokens, read_token_meta, token_cache_path
+from gptlab.tokenizer import TextEncoding
 
 __all__ = [
     "THE_VERDICT_SHA256",
@@ -28,10 +33,12 @@ __all__ = [
     "SMSSpamDataModule",
     "SlidingWindowDataset",
     "TextClassificationDataModule",
+    "TextEncoding",
     "TextSource",
     "build_token_cache",
     "cache_root",
     "download",
+    "encode_texts",
     "extract_member",
     "local_text_source",
     "open_tokens",

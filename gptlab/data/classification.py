@@ -1,10 +1,8 @@
 """Text classification data (book chapter 6): labelled texts as padded token batches.
 
-``TextClassificationDataModule`` reads CSV, TSV or JSONL files with a text and a label column,
-maps label names to ids, optionally balances the classes, splits train/val/test (from separate
-files, or one file with a seeded ratio split) and pads every example as configured.
-``SMSSpamDataModule`` is the same module set up as the book's spam classifier: the UCI SMS Spam
-Collection, balanced by undersampling ``ham``, split 70/10/20 with seed 123.
+``TextClassificationDataModule`` reads CSV, TSV or JSONL files with a text and a label column
+(``gptlab.data.tables``: label ids, balancing, the seeded ratio split) and pads every example with
+one ``TextEncoding``, the value a trained classifier keeps to preprocess new texts the same way.
 
 Batches are dicts: ``input_ids`` ``(B, T)``, ``attention_mask`` ``(B, T)`` (1 for real tokens,
 0 for padding; right padding, so it also gives each example's last real token) and ``labels``
@@ -13,7 +11,6 @@ Batches are dicts: ``input_ids`` ``(B, T)``, ``attention_mask`` ``(B, T)`` (1 fo
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,100 +19,39 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gptlab.data.sources import cache_root, download, extract_member, sha256_file
+from gptlab.data import tables
 from gptlab.errors import ConfigError, DataError
-from gptlab.tokenizer import Tokenizer, get_tokenizer
-
-SMS_SPAM_URL = "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip"
-SMS_SPAM_MEMBER = "SMSSpamCollection"
-#: sha256 of the ``SMSSpamCollection`` file inside the UCI archive (the archive's own is not pinned).
-SMS_SPAM_SHA256 = "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d"
+from gptlab.tokenizer import PadTo, TextEncoding, Tokenizer, check_pad_to, get_tokenizer
 
 SPLITS = ("train", "val", "test")
-PadTo = str | int | None
 
 
 def encode_texts(texts: Sequence[str], tokenizer: Tokenizer, max_length: int | None = None,
                  pad_length: int | None = None, pad_token_id: int | None = None) -> dict[str, torch.Tensor]:
-    """Tokenize, truncate to ``max_length`` and right-pad to ``pad_length`` (or to the longest text).
-
-    This is the preprocessing of training, so inference on new texts (``gptlab-classify``) sees
-    exactly what the classifier was trained on. Returns ``input_ids`` and ``attention_mask``.
-    """
+    """``TextEncoding(...).encode(tokenizer, texts)``: ``input_ids`` and ``attention_mask``."""
     pad_id = tokenizer.eot_id if pad_token_id is None else pad_token_id
-    cap = pad_length if pad_length is not None else max_length
-    encoded = [_encode_one(tokenizer, text, cap, pad_id) for text in texts]
-    length = pad_length if pad_length is not None else max(len(ids) for ids in encoded)
-    input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def _encode_one(tokenizer: Tokenizer, text: str, cap: int | None, pad_id: int) -> list[int]:
-    ids = tokenizer.encode(text)[:cap] if cap is not None else tokenizer.encode(text)
-    # An empty text still needs one position to classify from; a lone pad token is the neutral choice.
-    return ids or [pad_id]
+    return TextEncoding(tokenizer.name, max_length, pad_length, pad_id).encode(tokenizer, texts)
 
 
 class ClassificationDataset(Dataset[dict[str, torch.Tensor]]):
-    """Token ids and labels; ``pad_length`` pads every item to one length (``None``: no padding)."""
+    """Token ids and labels; each item is padded by ``encoding`` (fixed length, or its own length)."""
 
-    def __init__(self, token_ids: list[list[int]], labels: list[int], pad_length: int | None,
-                 pad_token_id: int, texts: list[str] | None = None) -> None:
+    def __init__(self, token_ids: list[list[int]], labels: list[int], encoding: TextEncoding,
+                 texts: list[str] | None = None) -> None:
         if len(token_ids) != len(labels):
             raise DataError(f"{len(token_ids)} texts but {len(labels)} labels")
-        self.token_ids = token_ids
+        self.token_ids = [encoding.truncate(ids) for ids in token_ids]
         self.labels = labels
-        self.pad_length = pad_length
-        self.pad_token_id = pad_token_id
+        self.encoding = encoding
         self.texts = texts
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        ids = self.token_ids[index]
-        length = self.pad_length if self.pad_length is not None else len(ids)
-        input_ids = torch.full((length,), self.pad_token_id, dtype=torch.long)
-        input_ids[: len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask = torch.zeros(length, dtype=torch.long)
-        attention_mask[: len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "labels": torch.tensor(self.labels[index], dtype=torch.long)}
-
-
-def _read_table(path: Path, fmt: str, column_names: Sequence[str] | None,
-                read_options: dict[str, Any] | None) -> Any:
-    """A pandas DataFrame from a CSV, TSV or JSONL file (``fmt="auto"`` goes by the suffix)."""
-    import pandas as pd
-
-    if fmt == "auto":
-        suffix = path.suffix.lower()
-        fmt = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(suffix, "")
-        if not fmt:
-            raise ConfigError(
-                f"cannot tell the format of {path} from its suffix; set data.format to csv, tsv or jsonl"
-            )
-    options = dict(read_options or {})
-    try:
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, **options)
-        if fmt not in ("csv", "tsv"):
-            raise ConfigError(f"data.format={fmt!r} is unknown; use auto, csv, tsv or jsonl")
-        options.setdefault("sep", "\t" if fmt == "tsv" else ",")
-        if column_names is not None:
-            options.setdefault("header", None)
-            options.setdefault("names", list(column_names))
-        # pandas' default quoting treats a field that starts with `"` as quoted until the next
-        # lone `"`, which may lie on a later line; the book reads the SMS data exactly this way.
-        return pd.read_csv(path, **options)
-    except (OSError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise DataError(f"cannot read {path} as {fmt}: {err}") from err
+        item = {key: row[0] for key, row in self.encoding.pad([self.token_ids[index]]).items()}
+        item["labels"] = torch.tensor(self.labels[index], dtype=torch.long)
+        return item
 
 
 class TextClassificationDataModule(L.LightningDataModule):
@@ -187,7 +123,13 @@ class TextClassificationDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         if max_length is not None and max_length < 1:
             raise ConfigError(f"data.max_length must be at least 1 or null, got {max_length}")
-        self.pad_to = self._check_pad_to(pad_to, max_length, batch_size, eval_batch_size)
+        self.pad_to = check_pad_to(pad_to, max_length)
+        if self.pad_to is None and (batch_size != 1 or eval_batch_size not in (None, 1)):
+            raise ConfigError(
+                "data.pad_to=none leaves examples at different lengths, so they cannot share a batch: set "
+                f"data.batch_size=1 (got {batch_size}; use trainer.accumulate_grad_batches for a larger "
+                "effective batch) or pad (data.pad_to=longest)"
+            )
         unknown = [s for s in test_splits if s not in SPLITS]
         if unknown or not test_splits:
             raise ConfigError(f"data.test_splits={list(test_splits)} must name some of {list(SPLITS)}")
@@ -214,32 +156,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.test_splits = list(test_splits)
         self.frames: dict[str, Any] | None = None
         self.datasets: dict[str, ClassificationDataset] = {}
-        self.pad_length: int | None = None
-
-    @staticmethod
-    def _check_pad_to(pad_to: PadTo, max_length: int | None, batch_size: int, eval_batch_size: int | None) -> PadTo:
-        if pad_to is None or (isinstance(pad_to, str) and pad_to.lower() in ("none", "null")):
-            if batch_size != 1 or (eval_batch_size not in (None, 1)):
-                raise ConfigError(
-                    "data.pad_to=none leaves examples at different lengths, so they cannot share a "
-                    f"batch: set data.batch_size=1 (got {batch_size}; use trainer.accumulate_grad_batches "
-                    "for a larger effective batch) or pad (data.pad_to=longest)"
-                )
-            return None
-        if isinstance(pad_to, str) and pad_to in ("longest", "max_length"):
-            if pad_to == "max_length" and max_length is None:
-                raise ConfigError("data.pad_to=max_length needs data.max_length")
-            return pad_to
-        if isinstance(pad_to, str) and pad_to.isdigit():
-            pad_to = int(pad_to)
-        if isinstance(pad_to, int) and not isinstance(pad_to, bool) and pad_to >= 1:
-            if max_length is not None and pad_to > max_length:
-                raise ConfigError(
-                    f"data.pad_to={pad_to} exceeds data.max_length={max_length} (the model's context); "
-                    "pad to at most max_length"
-                )
-            return pad_to
-        raise ConfigError(f"data.pad_to={pad_to!r} is unknown; use longest, max_length, an integer or none")
+        #: The preprocessing of every split (and of inference on new texts), fixed by ``setup``.
+        self.encoding: TextEncoding | None = None
 
     # ------------------------------------------------------------------------------------------
     # Reading
@@ -271,91 +189,26 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def read_frame(self, path: Path) -> Any:
         """One file as a DataFrame with columns ``text`` and ``label`` (rows with a missing value dropped)."""
-        df = _read_table(path, self.format, self.column_names, self.read_options)
-        missing = [c for c in (self.text_column, self.label_column) if c not in df.columns]
-        if missing:
-            raise DataError(
-                f"{path} has no column(s) {missing}; its columns are {[str(c) for c in df.columns]}; "
-                "set data.text_column / data.label_column (or data.column_names for a file without a header)"
-            )
-        df = df[[self.text_column, self.label_column]].rename(columns={self.text_column: "text", self.label_column: "label"})
-        dropped = int(df.isna().any(axis=1).sum())
-        if dropped:
-            warnings.warn(f"{path}: dropped {dropped} row(s) without a text or a label", stacklevel=2)
-            df = df.dropna()
-        if len(df) == 0:
-            raise DataError(f"{path} holds no labelled examples")
-        df["text"] = df["text"].astype(str)
-        return df.reset_index(drop=True)
-
-    def _label_ids(self, df: Any, names: list[str], where: str) -> Any:
-        import pandas as pd
-
-        labels = df["label"]
-        if self._label_names is None and pd.api.types.is_integer_dtype(labels):
-            ids = labels.astype(int)
-        else:
-            index = {name: i for i, name in enumerate(names)}
-            ids = labels.astype(str).map(index)
-            if ids.isna().any():
-                unknown = sorted(set(labels.astype(str)[ids.isna()]))[:10]
-                raise DataError(f"{where} has labels {unknown} outside data.label_names={names}")
-        if ((ids < 0) | (ids >= len(names))).any():
-            raise DataError(f"{where} has label ids outside 0..{len(names) - 1}; set data.label_names")
-        return ids.astype(int)
-
-    def _infer_label_names(self, train_labels: Any) -> list[str]:
-        import pandas as pd
-
-        if pd.api.types.is_integer_dtype(train_labels):
-            return [str(i) for i in range(int(train_labels.max()) + 1)]
-        return sorted(set(train_labels.astype(str)))
-
-    def balanced(self, df: Any) -> Any:
-        """Undersample every class to the smallest class's count, as the book's ``create_balanced_dataset``.
-
-        Classes are concatenated in id order; a class already at the minimum is kept as it is,
-        a larger one is ``sample(n, random_state=seed)``. For ham/spam this is exactly the book's
-        ``pd.concat([df[ham].sample(num_spam, random_state=123), df[spam]])``.
-        """
-        import pandas as pd
-
-        counts = df["label"].value_counts()
-        smallest = int(counts.min())
-        parts = []
-        for label in sorted(counts.index):
-            part = df[df["label"] == label]
-            parts.append(part if len(part) == smallest else part.sample(smallest, random_state=self.seed))
-        return pd.concat(parts)
-
-    def split(self, df: Any) -> dict[str, Any]:
-        """The book's ``random_split``: shuffle with ``seed``, then cut at ``int(n * ratio)``."""
-        df = df.sample(frac=1, random_state=self.seed).reset_index(drop=True)
-        train_end = int(len(df) * self.train_ratio)
-        val_end = train_end + int(len(df) * self.val_ratio)
-        return {"train": df[:train_end], "val": df[train_end:val_end], "test": df[val_end:]}
+        df = tables.read_table(path, self.format, self.column_names, self.read_options)
+        return tables.labelled_texts(df, self.text_column, self.label_column, str(path))
 
     def load_frames(self) -> dict[str, Any]:
         """Every split as a DataFrame with ``text`` and integer ``label`` columns (cached)."""
         if self.frames is not None:
             return self.frames
         paths = self.source_paths()
-        if "all" in paths:
-            df = self.read_frame(paths["all"])
-            names = self._label_names or self._infer_label_names(df["label"])
-            df["label"] = self._label_ids(df, names, str(paths["all"]))
-            if self.balance:
-                df = self.balanced(df)
-            frames = self.split(df)
-        else:
-            frames = {split: self.read_frame(p) for split, p in paths.items()}
-            names = self._label_names or self._infer_label_names(frames["train"]["label"])
-            for split, p in paths.items():
-                frames[split]["label"] = self._label_ids(frames[split], names, str(p))
-            if self.balance:
-                frames["train"] = self.balanced(frames["train"])
+        frames = {split: self.read_frame(path) for split, path in paths.items()}
+        names = self._label_names or tables.infer_label_names(frames["all" if "all" in frames else "train"]["label"])
+        for split, path in paths.items():
+            frames[split]["label"] = tables.label_ids(frames[split]["label"], names, str(path),
+                                                      integer_ids=self._label_names is None)
+        if "all" in frames:
+            df = tables.balance(frames["all"], self.seed) if self.balance else frames["all"]
+            frames = tables.split_by_ratio(df, self.train_ratio, self.val_ratio, self.seed)
+        elif self.balance:
+            frames["train"] = tables.balance(frames["train"], self.seed)
         self._label_names = names
-        self.frames = {split: frames[split].reset_index(drop=True) for split in frames}
+        self.frames = {split: df.reset_index(drop=True) for split, df in frames.items()}
         for split in ("train", "val"):
             if len(self.frames.get(split, ())) == 0:
                 raise DataError(f"the {split} split is empty; use more data or other data.train_ratio/val_ratio")
@@ -382,37 +235,28 @@ class TextClassificationDataModule(L.LightningDataModule):
             return
         frames = self.load_frames()
         encoded = {split: [self.tokenizer.encode(t) for t in df["text"]] for split, df in frames.items()}
-        cap = self.max_length
-        if self.pad_to == "longest":
-            longest = max(len(ids) for ids in encoded["train"])
-            self.pad_length = min(longest, cap) if cap is not None else longest
-        elif self.pad_to == "max_length":
-            self.pad_length = cap
-        else:
-            self.pad_length = self.pad_to  # an int, or None for no padding
-        limit = self.pad_length if self.pad_length is not None else cap
+        self.encoding = TextEncoding.fit(self.tokenizer.name, self.max_length, self.pad_to, self.pad_token_id,
+                                         [len(ids) for ids in encoded["train"]])
         for split, df in frames.items():
-            ids = [(seq[:limit] if limit is not None else seq) or [self.pad_token_id] for seq in encoded[split]]
-            self.datasets[split] = ClassificationDataset(
-                ids, df["label"].tolist(), self.pad_length, self.pad_token_id, texts=df["text"].tolist()
-            )
+            self.datasets[split] = ClassificationDataset(encoded[split], df["label"].tolist(), self.encoding,
+                                                         texts=df["text"].tolist())
         if self.drop_last and len(self.datasets["train"]) < self.batch_size:
             raise DataError(
                 f"the training split has {len(self.datasets['train'])} examples, fewer than one batch of "
                 f"data.batch_size={self.batch_size}; use a smaller batch size or data.drop_last=false"
             )
 
+    @property
+    def pad_length(self) -> int | None:
+        """The padded length of every example once set up (``None``: unpadded)."""
+        return self.encoding.pad_length if self.encoding is not None else None
+
     def inference_spec(self) -> dict[str, Any]:
-        """What a classifier needs to preprocess new texts as in training (stored with the model)."""
-        if not self.datasets:
+        """What a classifier needs to preprocess new texts as in training: ``encoding.to_dict()`` and label names."""
+        if self.encoding is None:
             self.setup()
-        return {
-            "tokenizer": self.tokenizer.name,
-            "max_length": self.max_length,
-            "pad_length": self.pad_length,
-            "pad_token_id": self.pad_token_id,
-            "label_names": self.label_names,
-        }
+        assert self.encoding is not None
+        return {**self.encoding.to_dict(), "label_names": self.label_names}
 
     # ------------------------------------------------------------------------------------------
     # Loaders
@@ -444,65 +288,3 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")
-
-
-class SMSSpamDataModule(TextClassificationDataModule):
-    """The UCI SMS Spam Collection prepared exactly as in the book's chapter 6.
-
-    The archive is downloaded once (``url``; the archive itself is not checksum-pinned) and its
-    ``SMSSpamCollection`` extracted and verified against ``member_sha256``; or ``path`` names a
-    local copy of that file. The TSV is read as the book reads it, with pandas' default quoting:
-    a message starting with ``"`` runs to the next lone quote, so two lines of the file merge into
-    one message and the 5,574 lines give 5,572 examples (4,825 ham, 747 spam), the book's counts.
-    With ``balance`` (the book's choice), ham is undersampled to 747: 1,494 examples, split
-    1,045 / 149 / 300.
-    """
-
-    def __init__(
-        self,
-        path: str | None = None,
-        url: str = SMS_SPAM_URL,
-        sha256: str | None = None,
-        member: str = SMS_SPAM_MEMBER,
-        member_sha256: str | None = SMS_SPAM_SHA256,
-        cache_dir: str | None = None,
-        balance: bool = True,
-        label_names: Sequence[str] = ("ham", "spam"),
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("format", "tsv")
-        kwargs.setdefault("column_names", ["Label", "Text"])
-        kwargs.setdefault("text_column", "Text")
-        kwargs.setdefault("label_column", "Label")
-        super().__init__(path=None, balance=balance, label_names=label_names, **kwargs)
-        self.local_path = path
-        self.url = url
-        self.sha256 = sha256
-        self.member = member
-        self.member_sha256 = member_sha256
-        self.cache_dir = cache_dir
-
-    def source_paths(self) -> dict[str, Path]:
-        if self.local_path is not None:
-            path = self._existing(self.local_path, "data.path")
-            if self.member_sha256 is not None and sha256_file(path) != self.member_sha256:
-                warnings.warn(
-                    f"{path} differs from the UCI SMSSpamCollection (sha256 {self.member_sha256}); "
-                    "splits and accuracies will not match the book's",
-                    stacklevel=2,
-                )
-            return {"all": path}
-        directory = cache_root(self.cache_dir) / "downloads" / "sms_spam"
-        archive = download(self.url, self.sha256, directory, local_hint="data.path")
-        extracted = extract_member(archive, self.member, directory)
-        if self.member_sha256 is not None:
-            found = sha256_file(extracted)
-            if found != self.member_sha256:
-                extracted.unlink(missing_ok=True)
-                raise DataError(
-                    f"{self.member} from {self.url} has sha256 {found}, expected {self.member_sha256}; "
-                    f"the archive changed at its source or is corrupted: delete {archive} to download it "
-                    "again, or pass a verified local copy with data.path=/path/to/SMSSpamCollection"
-                )
-        return {"all": extracted}
-

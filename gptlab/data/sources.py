@@ -1,4 +1,4 @@
-"""Where pretraining text comes from: cached, checksum-verified downloads and text sources.
+"""Where pretraining text comes from: Python's embedded docs, local files, URLs, Hugging Face datasets.
 
 A text source yields its corpus as a stream of text chunks, so a corpus larger than memory can
 be tokenized piece by piece, and carries a content fingerprint, so a token cache is keyed by what
@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import http.client
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from gptlab.data.downloads import cache_root, download, one_line, sha256_file
 from gptlab.errors import DataError
 from gptlab.tokenizer import END_OF_TEXT
 
@@ -36,163 +28,8 @@ THE_VERDICT_URL = (
 )
 THE_VERDICT_SHA256 = "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
 
-_BLOCK_BYTES = 1 << 20
 #: Characters read from a file at a time; a chunk is cut at the last safe point in each block.
 FILE_BLOCK_CHARS = 1 << 20
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The directory for downloads and token caches: ``cache_dir``, ``$GPTLAB_CACHE`` or ``~/.cache/gptlab``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("GPTLAB_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gptlab"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in blocks so large files never sit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_BLOCK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def publish(tmp: Path, target: Path) -> None:
-    """Give a finished temporary file its final name in one atomic step (readable like any file)."""
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, target)
-
-
-def _url_filename(url: str) -> str:
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
-    return name or hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
-def _offline_hint(filename: str, local_hint: str | None) -> str:
-    if local_hint:
-        return f"download it yourself and pass its local path, e.g. {local_hint}=/path/to/{filename}"
-    return "download it yourself and pass its local path instead"
-
-
-def _one_line(reason: object, limit: int = 300) -> str:
-    """An exception's message on one short line, for errors that must fit a single line."""
-    text = " ".join(str(reason).split()) or type(reason).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def download(
-    url: str,
-    sha256: str | None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    filename: str | None = None,
-    local_hint: str | None = None,
-    timeout: float = 60.0,
-) -> Path:
-    """Download ``url`` into ``cache_dir`` (default ``cache_root()/downloads``) once, and return its path.
-
-    A cached file whose sha256 matches is returned without touching the network (without a
-    ``sha256``, any cached file is trusted). The download streams into a hidden temporary file in
-    the same directory that is renamed into place only when complete and verified, so a crash or a
-    checksum mismatch never leaves a file that looks finished. ``file://`` URLs work too.
-    ``local_hint`` names the setting that takes a local copy instead (e.g. ``data.path``) for the
-    message shown when the download fails.
-    """
-    directory = cache_root() / "downloads" if cache_dir is None else Path(cache_dir)
-    filename = filename or _url_filename(url)
-    target = directory / filename
-    if target.is_file() and (sha256 is None or sha256_file(target) == sha256.lower()):
-        return target
-
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    received = 0
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {filename}") as bar:
-                        for block in iter(lambda: response.read(_BLOCK_BYTES), b""):
-                            out.write(block)
-                            digest.update(block)
-                            received += len(block)
-                            bar.update(len(block))
-                    if total is not None and received != total:
-                        raise OSError(f"connection closed after {received} of {total} bytes")
-            except urllib.error.HTTPError as exc:
-                raise DataError(
-                    f"could not download {url} ({_one_line(exc)}); check the URL, or "
-                    f"{_offline_hint(filename, local_hint)}"
-                ) from exc
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-                offline = "" if url.startswith("file:") else "are you offline? "
-                raise DataError(
-                    f"could not download {url} ({_one_line(reason)}); {offline}{_offline_hint(filename, local_hint)}"
-                ) from exc
-        found = digest.hexdigest()
-        if sha256 is not None and found != sha256.lower():
-            raise DataError(
-                f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, found {found}; "
-                "the file changed at its source or the download was corrupted"
-            )
-        publish(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def extract_member(
-    zip_path: str | os.PathLike[str], member: str, cache_dir: str | os.PathLike[str] | None = None
-) -> Path:
-    """Extract one ``member`` of a zip archive into ``cache_dir`` (default: the zip's directory).
-
-    An already extracted file is reused when its size and CRC match the archive's entry. Like
-    ``download``, the file appears under its final name only once completely written.
-    """
-    zip_path = Path(zip_path)
-    directory = zip_path.parent if cache_dir is None else Path(cache_dir)
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            try:
-                info = archive.getinfo(member)
-            except KeyError:
-                names = ", ".join(archive.namelist()[:10])
-                raise DataError(f"{zip_path} has no member {member!r}; it holds: {names}") from None
-            target = directory / Path(member).name
-            if target.is_file() and target.stat().st_size == info.file_size and _crc32(target) == info.CRC:
-                return target
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".part")
-            tmp = Path(tmp_name)
-            try:
-                with os.fdopen(fd, "wb") as out, archive.open(info) as src:
-                    for block in iter(lambda: src.read(_BLOCK_BYTES), b""):
-                        out.write(block)
-                publish(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-            return target
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(
-            f"could not extract {member!r} from {zip_path} ({_one_line(exc)}); delete the archive to download it again"
-        ) from exc
-
-
-def _crc32(path: Path) -> int:
-    crc = 0
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(_BLOCK_BYTES), b""):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
-# --------------------------------------------------------------------------------------------
-# Text sources
 
 
 class TextSource(ABC):
@@ -397,7 +234,7 @@ class HFSource(TextSource):
                 if i + 1 < len(attempts) and isinstance(exc, not_found):
                     continue
                 raise DataError(
-                    f"could not load Hugging Face dataset {self.description} ({_one_line(exc)}); "
+                    f"could not load Hugging Face dataset {self.description} ({one_line(exc)}); "
                     "are you offline? save its text to a file and pass it with data.path=/path/to/file.txt"
                 ) from exc
         raise AssertionError("unreachable")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from gptlab.data.sources import TextSource, cache_root, publish
+from gptlab.data.downloads import cache_root
+from gptlab.data.sources import TextSource
 from gptlab.errors import DataError
+from gptlab.fileio import atomic_path, atomic_write_text
 from gptlab.tokenizer import Tokenizer
 
 #: Bumped whenever the file layout or the way text is split changes, to invalidate old caches.
@@ -85,16 +86,6 @@ def _encode_batch(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
     return [tokenizer.encode(text) for text in texts]
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        publish(Path(tmp), path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def build_token_cache(
     source: TextSource,
     tokenizer: Tokenizer,
@@ -113,26 +104,19 @@ def build_token_cache(
         return bin_path
 
     dtype = token_dtype(tokenizer.vocab_size)
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=bin_path.parent, prefix=f".{bin_path.stem}.", suffix=".part")
-    tmp = Path(tmp_name)
     num_tokens = num_chars = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            bar = tqdm(desc=f"tokenize {source.description}", unit=" chunks", disable=not progress)
-            with bar:
-                for batch in _batches(source.chunks(), BATCH_CHARS):
-                    for ids in _encode_batch(tokenizer, batch):
-                        np.asarray(ids, dtype=dtype).tofile(out)
-                        num_tokens += len(ids)
-                    num_chars += sum(len(text) for text in batch)
-                    bar.update(len(batch))
-                    bar.set_postfix(tokens=num_tokens)
+    with atomic_path(bin_path) as tmp, open(tmp, "wb") as out:
+        bar = tqdm(desc=f"tokenize {source.description}", unit=" chunks", disable=not progress)
+        with bar:
+            for batch in _batches(source.chunks(), BATCH_CHARS):
+                for ids in _encode_batch(tokenizer, batch):
+                    np.asarray(ids, dtype=dtype).tofile(out)
+                    num_tokens += len(ids)
+                num_chars += sum(len(text) for text in batch)
+                bar.update(len(batch))
+                bar.set_postfix(tokens=num_tokens)
         if num_chars == 0 or num_tokens == 0:
             raise DataError(f"corpus {source.description} is empty; point data.source or data.path at some text")
-        publish(tmp, bin_path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
     meta = {
         "format": TOKEN_FORMAT_VERSION,
@@ -144,7 +128,7 @@ def build_token_cache(
         "source": source.description,
         "fingerprint": source.fingerprint,
     }
-    _write_atomic_text(_meta_path(bin_path), json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(_meta_path(bin_path), json.dumps(meta, indent=2) + "\n")
     return bin_path
 
 
