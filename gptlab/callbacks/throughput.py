@@ -19,7 +19,7 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.utilities import rank_zero_only
 
-from gptlab.data.sources import cache_root
+from gptlab.data.downloads import cache_root
 from gptlab.fileio import atomic_write_text
 from gptlab.model.flops import flops_per_token
 

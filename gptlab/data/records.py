@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gptlab.data.sources import cache_root, download
+from gptlab.data.downloads import cache_root, download
 from gptlab.errors import DataError
 
 #: The book's chapter 7 data set: 1,100 Alpaca-style records.
