@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from gptlab.errors import ConfigError
-from gptlab.tasks.classify import ClassifyTask, export_classifier, load_classifier, pool_logits
+from gptlab.tasks.classifier_head import pool_logits
+from gptlab.tasks.classifier_runtime import load_classifier
+from gptlab.tasks.classify import ClassifyTask
 
 ROOT = Path(__file__).resolve().parents[1]
 NANO = {"preset": "nano", "vocab_size": 97, "context_length": 16}
@@ -125,7 +127,7 @@ def test_export_and_load_give_the_same_probabilities(tmp_path: Path):
         task.inference = {"tokenizer": "byte", "max_length": 16, "pad_length": 12, "pad_token_id": 256,
                           "label_names": ["a", "b", "c"]}
         texts = ["hello", "a somewhat longer text"]
-        directory = export_classifier(task, tmp_path / layers)
+        directory = task.export(tmp_path / layers)
         files = {"config.json", "model.safetensors", "classifier.json"}
         if layers == "lora":
             files.add("lora_adapter.safetensors")
