@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from gptlab.errors import ConfigError
 from gptlab.tasks.classifier_head import pool_logits
@@ -164,12 +165,29 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("test/acc", "test/f1", "test/loss", "val/acc", "val/loss", "train/acc"):
-        assert 0.0 <= metrics[key] <= (1.0 if "acc" in key or "f1" in key else 100.0)
-    confusion = json.loads((run / "confusion_matrix_test.json").read_text())
-    assert confusion["labels"] == ["ham", "spam"] and sum(map(sum, confusion["matrix"])) == 300
+    # Accuracy and F1 of every tested split agree with its confusion matrix (torchmetrics computes
+    # them separately), and the matrix counts every example of the split.
+    sizes = {"train": 1045, "val": 149, "test": 300}
+    for split, size in sizes.items():
+        confusion = json.loads((run / f"confusion_matrix_{split}.json").read_text())
+        (tn, fp), (fn, tp) = confusion["matrix"]
+        assert confusion["labels"] == ["ham", "spam"] and tn + fp + fn + tp == size
+        assert metrics[f"{split}/acc"] == pytest.approx((tn + tp) / size, abs=1e-6)
+        assert metrics[f"{split}/f1"] == pytest.approx(2 * tp / max(1, 2 * tp + fp + fn), abs=1e-6)
+        assert (run / f"confusion_matrix_{split}.png").stat().st_size > 1000
     assert (run / "model" / "classifier.json").is_file()
     assert "trainable" in result.stdout + result.stderr
+
+    # The exported classifier, preprocessing each raw test text itself, reproduces the test metrics.
+    from omegaconf import OmegaConf
+    from torch.nn import functional as F
+
+    data = instantiate(OmegaConf.load(run / "config.yaml").data, _recursive_=False)
+    data.setup("test")
+    texts, labels = data.datasets["test"].texts, torch.tensor(data.datasets["test"].labels)
+    probs = load_classifier(run).predict_proba(texts)
+    assert float(F.nll_loss(probs.log(), labels)) == pytest.approx(metrics["test/loss"], abs=1e-4)
+    assert float((probs.argmax(-1) == labels).float().mean()) == pytest.approx(metrics["test/acc"], abs=1e-6)
 
     from gptlab.cli.classify import main
 
@@ -177,9 +195,11 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
     texts.write_text("Free entry! Text WIN to 80086 now\nSee you at lunch\n")
     assert main([str(run), "--file", str(texts)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
-    label, prob, text = lines[1].split("\t")
-    assert label in ("ham", "spam") and 0.5 <= float(prob) <= 1.0 and text == "See you at lunch"
+    expected = load_classifier(run / "model").predict_proba(["Free entry! Text WIN to 80086 now", "See you at lunch"])
+    assert [line.split("\t")[:2] for line in lines] == [
+        [["ham", "spam"][int(p.argmax())], f"{float(p.max()):.4f}"] for p in expected
+    ]
+    assert lines[1].split("\t")[2] == "See you at lunch"
     ckpt = next((run / "checkpoints").glob("best*.ckpt"))
     assert main([str(ckpt), "--text", "See you at lunch"]) == 0
     assert capsys.readouterr().out.split("\t")[:2] == lines[1].split("\t")[:2]

@@ -41,7 +41,6 @@ def save_confusion(metric: MulticlassConfusionMatrix, matrix: torch.Tensor, spli
 
     fig, ax = metric.plot(val=matrix.long().cpu(), labels=list(names))
     ax.set_title(f"{split} split")
-    fig.tight_layout()
     with atomic_path(directory / f"confusion_matrix_{split}.png") as tmp:
         fig.savefig(tmp)
     plt.close(fig)
