@@ -145,6 +145,11 @@ def test_export_and_load_give_the_same_probabilities(tmp_path: Path):
         with torch.no_grad():
             expected = torch.softmax(task.classify(batch["input_ids"], batch["attention_mask"]), -1)
         assert torch.allclose(classifier.predict_proba(texts), expected, atol=1e-5)
+        # A checkpoint (written through the task's own hooks) loads to the same classifier.
+        checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
+        task.on_save_checkpoint(checkpoint)
+        torch.save(checkpoint, tmp_path / f"{layers}.ckpt")
+        assert torch.allclose(load_classifier(tmp_path / f"{layers}.ckpt").predict_proba(texts), expected, atol=1e-5)
         assert [label for label, _ in classifier.predict(texts)] == [
             "abc"[i] for i in expected.argmax(-1).tolist()
         ]
@@ -217,7 +222,7 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
 
 def test_init_loads_the_base_model_before_the_head_is_replaced(tmp_path: Path):
     from gptlab.model import GPT, GPTConfig
-    from gptlab.weights import save_model
+    from gptlab.checkpoints import save_model
 
     torch.manual_seed(3)
     base = GPT(GPTConfig.from_dict(NANO))
@@ -227,3 +232,15 @@ def test_init_loads_the_base_model_before_the_head_is_replaced(tmp_path: Path):
     assert torch.equal(state["tok_emb.weight"], base.tok_emb.weight)
     assert torch.equal(state["trf_blocks.1.att.W_query.base.weight"], base.trf_blocks[1].att.W_query.weight)
     assert task.gpt.out_head.out_features == 2 and not task.gpt.cfg.tie_embeddings
+
+
+def test_a_language_model_checkpoint_is_not_a_classifier(tmp_path: Path):
+    from gptlab.errors import CheckpointError
+    from gptlab.tasks import CausalLMTask
+
+    task = CausalLMTask(NANO)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, tmp_path / "lm.ckpt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of a classification run"):
+        load_classifier(tmp_path / "lm.ckpt")
+    with pytest.raises(CheckpointError, match="holds no classifier"):
+        load_classifier(tmp_path)

@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from gptlab.checkpoints import TaskCheckpoint, read_task_checkpoint, save_model
+from gptlab.checkpoints import TaskCheckpoint, load_pretrained, read_task_checkpoint, save_model
 from gptlab.errors import CheckpointError
 from gptlab.fileio import atomic_directory
 from gptlab.model import GPT, GPTConfig
@@ -106,11 +106,7 @@ class GPTTask(L.LightningModule):
 
     def build_model(self, config: GPTConfig, init: str | None) -> GPT:
         """The GPT before adaptation: random, or loaded from ``init``."""
-        if init is None:
-            return GPT(config)
-        from gptlab.checkpoints import load_pretrained
-
-        return load_pretrained(init, config)
+        return GPT(config) if init is None else load_pretrained(init, config)
 
     def adapt_model(self, model: GPT) -> GPT:
         """Change the loaded GPT for this task (e.g. a new head); runs before ``trainable_layers``."""
