@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from gptlab.errors import ConfigError
-from gptlab.tasks.classify import ClassifyTask, export_classifier, load_classifier, pool_logits
+from gptlab.tasks.classifier_head import pool_logits
+from gptlab.tasks.classifier_runtime import load_classifier
+from gptlab.tasks.classify import ClassifyTask
 
 ROOT = Path(__file__).resolve().parents[1]
 NANO = {"preset": "nano", "vocab_size": 97, "context_length": 16}
@@ -125,7 +128,7 @@ def test_export_and_load_give_the_same_probabilities(tmp_path: Path):
         task.inference = {"tokenizer": "byte", "max_length": 16, "pad_length": 12, "pad_token_id": 256,
                           "label_names": ["a", "b", "c"]}
         texts = ["hello", "a somewhat longer text"]
-        directory = export_classifier(task, tmp_path / layers)
+        directory = task.export(tmp_path / layers)
         files = {"config.json", "model.safetensors", "classifier.json"}
         if layers == "lora":
             files.add("lora_adapter.safetensors")
@@ -142,6 +145,11 @@ def test_export_and_load_give_the_same_probabilities(tmp_path: Path):
         with torch.no_grad():
             expected = torch.softmax(task.classify(batch["input_ids"], batch["attention_mask"]), -1)
         assert torch.allclose(classifier.predict_proba(texts), expected, atol=1e-5)
+        # A checkpoint (written through the task's own hooks) loads to the same classifier.
+        checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
+        task.on_save_checkpoint(checkpoint)
+        torch.save(checkpoint, tmp_path / f"{layers}.ckpt")
+        assert torch.allclose(load_classifier(tmp_path / f"{layers}.ckpt").predict_proba(texts), expected, atol=1e-5)
         assert [label for label, _ in classifier.predict(texts)] == [
             "abc"[i] for i in expected.argmax(-1).tolist()
         ]
@@ -162,12 +170,29 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("test/acc", "test/f1", "test/loss", "val/acc", "val/loss", "train/acc"):
-        assert 0.0 <= metrics[key] <= (1.0 if "acc" in key or "f1" in key else 100.0)
-    confusion = json.loads((run / "confusion_matrix_test.json").read_text())
-    assert confusion["labels"] == ["ham", "spam"] and sum(map(sum, confusion["matrix"])) == 300
+    # Accuracy and F1 of every tested split agree with its confusion matrix (torchmetrics computes
+    # them separately), and the matrix counts every example of the split.
+    sizes = {"train": 1045, "val": 149, "test": 300}
+    for split, size in sizes.items():
+        confusion = json.loads((run / f"confusion_matrix_{split}.json").read_text())
+        (tn, fp), (fn, tp) = confusion["matrix"]
+        assert confusion["labels"] == ["ham", "spam"] and tn + fp + fn + tp == size
+        assert metrics[f"{split}/acc"] == pytest.approx((tn + tp) / size, abs=1e-6)
+        assert metrics[f"{split}/f1"] == pytest.approx(2 * tp / max(1, 2 * tp + fp + fn), abs=1e-6)
+        assert (run / f"confusion_matrix_{split}.png").stat().st_size > 1000
     assert (run / "model" / "classifier.json").is_file()
     assert "trainable" in result.stdout + result.stderr
+
+    # The exported classifier, preprocessing each raw test text itself, reproduces the test metrics.
+    from omegaconf import OmegaConf
+    from torch.nn import functional as F
+
+    data = instantiate(OmegaConf.load(run / "config.yaml").data, _recursive_=False)
+    data.setup("test")
+    texts, labels = data.datasets["test"].texts, torch.tensor(data.datasets["test"].labels)
+    probs = load_classifier(run).predict_proba(texts)
+    assert float(F.nll_loss(probs.log(), labels)) == pytest.approx(metrics["test/loss"], abs=1e-4)
+    assert float((probs.argmax(-1) == labels).float().mean()) == pytest.approx(metrics["test/acc"], abs=1e-6)
 
     from gptlab.cli.classify import main
 
@@ -175,9 +200,11 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
     texts.write_text("Free entry! Text WIN to 80086 now\nSee you at lunch\n")
     assert main([str(run), "--file", str(texts)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
-    label, prob, text = lines[1].split("\t")
-    assert label in ("ham", "spam") and 0.5 <= float(prob) <= 1.0 and text == "See you at lunch"
+    expected = load_classifier(run / "model").predict_proba(["Free entry! Text WIN to 80086 now", "See you at lunch"])
+    assert [line.split("\t")[:2] for line in lines] == [
+        [["ham", "spam"][int(p.argmax())], f"{float(p.max()):.4f}"] for p in expected
+    ]
+    assert lines[1].split("\t")[2] == "See you at lunch"
     ckpt = next((run / "checkpoints").glob("best*.ckpt"))
     assert main([str(ckpt), "--text", "See you at lunch"]) == 0
     assert capsys.readouterr().out.split("\t")[:2] == lines[1].split("\t")[:2]
@@ -195,7 +222,7 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
 
 def test_init_loads_the_base_model_before_the_head_is_replaced(tmp_path: Path):
     from gptlab.model import GPT, GPTConfig
-    from gptlab.weights import save_model
+    from gptlab.checkpoints import save_model
 
     torch.manual_seed(3)
     base = GPT(GPTConfig.from_dict(NANO))
@@ -205,3 +232,15 @@ def test_init_loads_the_base_model_before_the_head_is_replaced(tmp_path: Path):
     assert torch.equal(state["tok_emb.weight"], base.tok_emb.weight)
     assert torch.equal(state["trf_blocks.1.att.W_query.base.weight"], base.trf_blocks[1].att.W_query.weight)
     assert task.gpt.out_head.out_features == 2 and not task.gpt.cfg.tie_embeddings
+
+
+def test_a_language_model_checkpoint_is_not_a_classifier(tmp_path: Path):
+    from gptlab.errors import CheckpointError
+    from gptlab.tasks import CausalLMTask
+
+    task = CausalLMTask(NANO)
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, tmp_path / "lm.ckpt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of a classification run"):
+        load_classifier(tmp_path / "lm.ckpt")
+    with pytest.raises(CheckpointError, match="holds no classifier"):
+        load_classifier(tmp_path)

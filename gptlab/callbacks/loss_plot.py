@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+
+from gptlab.fileio import atomic_path
 
 
 class LossPlot(L.Callback):
@@ -62,11 +63,9 @@ class LossPlot(L.Callback):
         ax.set_ylabel("Loss")
         ax.legend(loc="upper right")
         fig.tight_layout()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp.png")
-        fig.savefig(tmp)
+        with atomic_path(self.path) as tmp:
+            fig.savefig(tmp)
         plt.close(fig)
-        os.replace(tmp, self.path)
 
     def state_dict(self) -> dict[str, Any]:
         return {"train": self.train, "val": self.val}

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     texts = _read_texts(args)
     import torch
 
-    from gptlab.tasks.classify import load_classifier
+    from gptlab.tasks.classifier_runtime import load_classifier
 
     classifier = load_classifier(args.model)
     try:

@@ -1,7 +1,8 @@
 """One LightningModule per task, each around one GPT."""
 
 from gptlab.tasks.base import GPTTask
+from gptlab.tasks.causal_lm import CausalLMTask, PretrainTask
 from gptlab.tasks.classify import ClassifyTask
-from gptlab.tasks.pretrain import PretrainTask
+from gptlab.tasks.trainable import LoRAConfig
 
-__all__ = ["ClassifyTask", "GPTTask", "PretrainTask"]
+__all__ = ["CausalLMTask", "ClassifyTask", "GPTTask", "LoRAConfig", "PretrainTask"]

@@ -1,0 +1,55 @@
+"""Next-token prediction, the causal language-modelling objective: pretraining (book chapter 5,
+appendix D) and, with prompt tokens masked out of the targets, instruction tuning (chapter 7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+
+from gptlab.tasks.base import GPTTask
+
+IGNORE_INDEX = -100
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over all target positions (``-100`` targets are skipped)."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+class CausalLMTask(GPTTask):
+    """Train a GPT to predict each next token of its inputs.
+
+    Batches are ``(inputs, targets)`` pairs of ``(batch, length)`` ids, the targets being the
+    inputs shifted by one; targets of ``-100`` (padding, or an instruction's prompt) are not
+    scored. Logs ``train/loss``, ``val/loss``, ``val/ppl`` and ``tokens_seen``.
+    """
+
+    def __init__(self, model: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.val_loss = MeanMetric()
+        self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        loss = next_token_loss(self(inputs), targets)
+        self.count_tokens(inputs.numel())
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        inputs, targets = batch
+        logits = self(inputs)
+        loss = next_token_loss(logits, targets)
+        # Weight by tokens so the epoch value is the loss over all validation tokens.
+        self.val_loss.update(loss, weight=(targets != IGNORE_INDEX).sum())
+        self.val_ppl.update(logits.float(), targets)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/ppl", self.val_ppl, on_step=False, on_epoch=True)
+
+
+#: The name under which the causal-LM task first shipped.
+PretrainTask = CausalLMTask
