@@ -10,6 +10,7 @@ from torch import nn
 
 from gptlab.errors import ConfigError
 from gptlab.model import GPT
+from gptlab.tokenizer import TextEncoding
 
 TOKEN_POSITIONS = ("last", "first", "flexible", "mean")
 
@@ -50,7 +51,7 @@ def pool_logits(logits: torch.Tensor, attention_mask: torch.Tensor | None, posit
     if attention_mask is None:
         return logits[:, -1, :] if position == "flexible" else logits.mean(dim=1)
     if position == "flexible":
-        last = (attention_mask.long().sum(dim=1) - 1).clamp(min=0)
+        last = TextEncoding.last_token_index(attention_mask)
         return logits[torch.arange(logits.shape[0], device=logits.device), last]
     mask = attention_mask.to(logits.dtype).unsqueeze(-1)
     return (logits * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

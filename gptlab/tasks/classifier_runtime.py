@@ -16,6 +16,7 @@ from gptlab.model.lora import has_lora, merge_lora
 from gptlab.tasks.classifier_export import CLASSIFIER_FILE, is_classifier_export, read_classifier_export
 from gptlab.tasks.classifier_head import pool_logits
 from gptlab.tasks.classify import ClassifyTask
+from gptlab.tokenizer import TextEncoding
 
 
 class Classifier:
@@ -27,29 +28,18 @@ class Classifier:
     """
 
     def __init__(self, model: GPT, meta: dict[str, Any]) -> None:
-        from gptlab.tokenizer import get_tokenizer
-
         self.model = model.eval()
         self.meta = meta
-        prep = meta.get("preprocessing") or {}
-        self.tokenizer = get_tokenizer(prep.get("tokenizer", "gpt2"))
-        self.max_length = min(prep.get("max_length") or model.cfg.context_length, model.cfg.context_length)
-        self.pad_length = prep.get("pad_length")
-        self.pad_token_id = prep.get("pad_token_id")
+        self.encoding = TextEncoding.from_dict(meta.get("preprocessing") or {}).within(model.cfg.context_length)
+        self.tokenizer = self.encoding.load_tokenizer()
         self.label_names = list(meta.get("label_names") or [str(i) for i in range(meta["num_classes"])])
 
     @torch.no_grad()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """Class probabilities ``(len(texts), num_classes)``, each text preprocessed as in training."""
-        from gptlab.data.classification import encode_texts
-
-        # Without fixed padding each text runs alone, so no example ever sees padding it was not trained with.
-        step = batch_size if self.pad_length is not None else 1
         device = next(self.model.parameters()).device
         out = []
-        for start in range(0, len(texts), step):
-            batch = encode_texts(texts[start:start + step], self.tokenizer, self.max_length, self.pad_length,
-                                 self.pad_token_id)
+        for batch in self.encoding.batches(self.tokenizer, list(texts), batch_size):
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = self.model(ids, attention_mask=mask if self.meta.get("mask_padding") else None,
                                 causal=bool(self.meta.get("causal_mask", True)))

@@ -24,6 +24,7 @@ from gptlab.tasks.base import GPTTask
 from gptlab.tasks.classifier_export import write_classifier_files
 from gptlab.tasks.classifier_head import check_token_position, pool_logits, replace_head
 from gptlab.tasks.confusion import save_confusion
+from gptlab.tokenizer import TextEncoding
 
 SPLITS = ("train", "val", "test")
 Batch = dict[str, torch.Tensor]
@@ -159,16 +160,7 @@ class ClassifyTask(GPTTask):
             )
         if hasattr(datamodule, "inference_spec"):
             spec = datamodule.inference_spec()
-            context = self.model_config.context_length
-            if spec.get("pad_length") is not None and spec["pad_length"] > context:
-                raise ConfigError(
-                    f"examples are padded to {spec['pad_length']} tokens but the model's context is {context}; "
-                    f"set data.max_length={context} or a smaller data.pad_to"
-                )
-            if spec.get("pad_length") is None and (spec.get("max_length") is None or spec["max_length"] > context):
-                raise ConfigError(
-                    f"unpadded examples must be cut to the model's context: set data.max_length={context}"
-                )
+            TextEncoding.from_dict(spec).check_context(self.model_config.context_length)
             if self.inference is None or stage == "fit":
                 self.inference = spec
 
