@@ -18,12 +18,12 @@ from gptlab.checkpoints.hf_names import GPT2_NAMES, from_hf_state_dict, to_hf_st
 from gptlab.checkpoints.hub import HUB_MODELS, download_gpt2
 from gptlab.checkpoints.load import load_pretrained, model_from_task_checkpoint
 from gptlab.checkpoints.native import load_model, save_model
-from gptlab.checkpoints.state import merge_config, model_from_state_dict
+from gptlab.checkpoints.state import model_from_state_dict
 from gptlab.checkpoints.task import TaskCheckpoint, read_task_checkpoint
 
 __all__ = [
     "CONFIG_FILE", "GPT2_NAMES", "HUB_MODELS", "WEIGHTS_FILE", "TaskCheckpoint", "config_from_hf",
     "download_gpt2", "export_hf", "from_hf_state_dict", "hf_config_dict", "load_hf_directory", "load_model",
-    "load_pretrained", "merge_config", "model_from_state_dict", "model_from_task_checkpoint",
+    "load_pretrained", "model_from_state_dict", "model_from_task_checkpoint",
     "read_task_checkpoint", "save_model", "to_hf_state_dict",
 ]
