@@ -217,6 +217,25 @@ def test_save_model_round_trip_and_overwrite(tmp_path: Path):
     assert (stranger / "todo.txt").read_text() == "keep me"
 
 
+def test_export_takes_the_callers_training_settings_and_refuses_weights_that_do_not_fit(tmp_path: Path):
+    model = random_gpt()
+    export = save_model(model, tmp_path / "export")
+    caller = GPTConfig(**{**SMALL.to_dict(), "drop_rate": 0.3, "attention": "manual", "context_length": 32})
+    loaded = load_pretrained(export, caller)
+    assert (loaded.cfg.drop_rate, loaded.cfg.attention, loaded.cfg.context_length) == (0.3, "manual", 32)
+    assert loaded.out_head.weight is loaded.tok_emb.weight
+    x = ids(length=32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x), atol=1e-5, rtol=0)
+
+    config = json.loads((export / "config.json").read_text())
+    (export / "config.json").write_text(json.dumps({**config, "n_layers": LAYERS + 1}))
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(export)
+    assert "\n" not in str(info.value)
+    assert "does not match config.json" in str(info.value) and "trf_blocks.2." in str(info.value)
+
+
 def test_export_with_the_tied_tensor_under_either_name_loads_tied(tmp_path: Path):
     from safetensors.torch import save_file
 

@@ -60,7 +60,15 @@ def load_model(directory: str | Path, config: GPTConfig | None = None) -> GPT:
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing; the export is incomplete, write it again with save_model")
     source_cfg = config_from_dict(saved, str(directory))
-    model = GPT(source_cfg)
+    cfg = merge_config(source_cfg, config, str(directory))
+    if cfg.context_length == source_cfg.context_length:  # same shapes: load straight into the model to use
+        return _read_weights(GPT(cfg), weights).train()
+    # A shorter context: load as saved, then crop the position table.
+    return model_from_state_dict(_read_weights(GPT(source_cfg), weights).state_dict(), cfg, str(weights))
+
+
+def _read_weights(model: GPT, weights: Path) -> GPT:
+    """``safetensors.torch.load_model``, which restores a tie whichever name the file kept."""
     try:
         missing, unexpected = safetensors.torch.load_model(model, weights, strict=False)
     except Exception as err:  # noqa: BLE001 - a corrupt file or a size mismatch
@@ -71,8 +79,4 @@ def load_model(directory: str | Path, config: GPTConfig | None = None) -> GPT:
             f"{weights} does not match {CONFIG_FILE} beside it: missing {name_some(sorted(missing)) or 'none'}, "
             f"unexpected {name_some(sorted(unexpected)) or 'none'}"
         )
-    cfg = merge_config(source_cfg, config, str(directory))
-    if cfg == source_cfg:  # equal up to the name
-        model.cfg = cfg
-        return model.train()
-    return model_from_state_dict(model.state_dict(), cfg, str(weights))
+    return model
