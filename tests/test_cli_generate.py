@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gptlab import GPT, GPTConfig, generate
+from gptlab.checkpoints import load_model, save_model
 from gptlab.cli import chat as chat_cli
 from gptlab.cli.chat import main as chat_main
 from gptlab.cli.chat import response_pieces
@@ -16,7 +17,6 @@ from gptlab.cli.generate import StopStreamer, TextStreamer
 from gptlab.cli.generate import main as generate_main
 from gptlab.prompts import extract_response, format_example, format_input, format_prompt
 from gptlab.tokenizer import get_tokenizer
-from gptlab.weights import save_model
 
 
 def export(directory: Path, vocab_size: int) -> Path:
@@ -39,8 +39,6 @@ def byte_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def reference(model_dir: Path, tokenizer_name: str, prompt: str, n: int) -> str:
-    from gptlab.weights import load_model
-
     tokenizer = get_tokenizer(tokenizer_name)
     ids = torch.tensor([tokenizer.encode(prompt)])
     out = generate(load_model(model_dir), ids, n)

@@ -142,14 +142,36 @@ def test_config_errors_are_one_clear_line():
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_weight_init_schemes():
+def test_gpt2_init_matches_transformers_gpt2_statistics():
+    """Every tensor's mean and std against ``transformers``' own GPT-2 initialisation, including the
+    residual projections scaled by 1 / sqrt(2 * n_layers)."""
+    transformers = pytest.importorskip("transformers")
+    from gptlab.checkpoints import from_hf_state_dict
+
+    sizes = dict(vocab_size=1000, context_length=128, emb_dim=128, n_heads=4, n_layers=6)
     torch.manual_seed(0)
-    gpt2 = GPT(GPTConfig.from_preset("nano", weight_init="gpt2"))
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=1000, n_positions=128, n_embd=128, n_head=4, n_layer=6, bos_token_id=0, eos_token_id=0))
+    reference = from_hf_state_dict(hf.state_dict(), n_layers=6)
+    ours = GPT(GPTConfig(**sizes, qkv_bias=True, tie_embeddings=True, weight_init="gpt2")).state_dict()
+    assert set(ours) == set(reference)
+    for name, expected in reference.items():
+        got = ours[name]
+        torch.testing.assert_close(got.std(), expected.std(), rtol=0.05, atol=1e-6, msg=name)
+        sampling_error = 6 * expected.std().item() / got.numel() ** 0.5  # of the difference of two means
+        torch.testing.assert_close(got.mean(), expected.mean(), rtol=0, atol=sampling_error + 1e-6, msg=name)
+    # The scaled projections are really distinguished: 0.02 / sqrt(12) against 0.02.
+    assert reference["trf_blocks.0.att.out_proj.weight"].std() < 0.35 * reference["trf_blocks.0.att.W_query.weight"].std()
+
+
+def test_book_init_is_pytorchs_default_and_unknown_init_is_refused():
+    torch.manual_seed(0)
     book = GPT(GPTConfig.from_preset("nano", weight_init="book"))
-    # GPT-2: N(0, 0.02) everywhere, zero biases. The book: PyTorch's defaults, N(0, 1) embeddings.
-    assert abs(gpt2.tok_emb.weight.std().item() - 0.02) < 1e-3
-    assert torch.count_nonzero(gpt2.trf_blocks[0].ff.layers[0].bias) == 0
+    # The book's GPTModel keeps PyTorch's defaults: N(0, 1) embeddings, U(-1/sqrt(in), 1/sqrt(in)) linears.
     assert abs(book.tok_emb.weight.std().item() - 1.0) < 0.02
-    assert torch.count_nonzero(book.trf_blocks[0].ff.layers[0].bias) > 0
+    linear = book.trf_blocks[0].ff.layers[0]
+    bound = 1 / linear.in_features ** 0.5
+    assert linear.weight.abs().max() <= bound and linear.weight.abs().max() > 0.95 * bound
+    assert torch.count_nonzero(linear.bias) > 0
     with pytest.raises(ConfigError, match="weight_init='xavier' is unknown"):
         GPTConfig.from_preset("nano", weight_init="xavier")

@@ -1,7 +1,7 @@
 """Generation speed: gptlab's KV-cache decoding against ``transformers``' ``GPT2LMHeadModel.generate``.
 
 Both decode greedily from the same prompt with the same weights (a random GPT-2 124M built by
-``transformers`` and converted with ``gptlab.weights``), batch 1, float32, on the CPU, and must
+``transformers`` and converted with ``gptlab.checkpoints``), batch 1, float32, on the CPU, and must
 produce the same tokens. Each side is warmed up once; the timed runs alternate between the two
 so that load from other processes on the machine hits both alike.
 
@@ -21,7 +21,7 @@ import torch
 
 from gptlab import GPT, generate
 from gptlab.tokenizer import get_tokenizer
-from gptlab.weights import config_from_hf, from_book_state_dict, hf_to_book_state_dict
+from gptlab.checkpoints import config_from_hf, from_hf_state_dict, model_from_state_dict
 
 
 def build_models(seed: int, attention: str) -> tuple[torch.nn.Module, GPT]:
@@ -32,7 +32,7 @@ def build_models(seed: int, attention: str) -> tuple[torch.nn.Module, GPT]:
     hf = GPT2LMHeadModel(GPT2Config()).eval()  # the gpt2 (124M) shape: 12 x 768, 50257 tokens
     cfg = config_from_hf(hf.config.to_dict())
     cfg.attention = attention
-    ours = from_book_state_dict(hf_to_book_state_dict(hf.state_dict(), cfg), cfg).eval()
+    ours = model_from_state_dict(from_hf_state_dict(hf.state_dict(), cfg.n_layers), cfg).eval()
     return hf, ours
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gptlab.checkpoints.files import load_torch_file
 from gptlab.errors import CheckpointError
 
 #: Prefixes of the GPT's weights inside a task's state dict; the first when compiled.
@@ -40,20 +41,6 @@ class TaskCheckpoint:
 def is_task_checkpoint(obj: Any) -> bool:
     """Whether a loaded object looks like a Lightning checkpoint (a dict with a ``state_dict``)."""
     return isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
-
-
-def load_torch_file(path: Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers: a checkpoint can't run code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except Exception as err:  # noqa: BLE001 - unpickling raises many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint of tensors ({first}); pass a .ckpt written by "
-            "gptlab-train, or re-save it with torch.save(model.state_dict(), path)"
-        ) from None
 
 
 def task_checkpoint_from(obj: dict[str, Any], path: str | Path) -> TaskCheckpoint:

@@ -15,6 +15,7 @@ from typing import TextIO
 
 import torch
 
+from gptlab.checkpoints import load_pretrained
 from gptlab.cli import run_command
 from gptlab.errors import ConfigError
 from gptlab.generate import stream_tokens
@@ -131,8 +132,6 @@ def check_sampling_arguments(args: argparse.Namespace) -> None:
 
 def load_for_generation(source: str, tokenizer_name: str | None, device: str) -> tuple[GPT, Tokenizer]:
     """The model from ``source`` in eval mode on ``device``, and a tokenizer that fits its vocabulary."""
-    from gptlab.weights import load_pretrained
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 
 import torch
 from torch import nn
@@ -60,24 +60,24 @@ class GPT(nn.Module):
         self.final_norm = LayerNorm(cfg.emb_dim)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.weight_init == "gpt2":
-            self.apply(self._init_weights)
+            self._init_weights()
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
 
-    @classmethod
-    def from_pretrained(cls, source: str | Path, config: GPTConfig | None = None) -> GPT:
-        """Load weights from a GPT-2 name, a directory or a checkpoint (``gptlab.weights.load_pretrained``)."""
-        from gptlab.weights import load_pretrained  # gptlab.weights imports this module
-
-        return load_pretrained(source, config)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # GPT-2's initialisation: N(0, 0.02) weights, zero biases.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+    def _init_weights(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights and zero biases, except the two projections
+        that write into the residual stream (attention's ``out_proj``, the MLP's second linear),
+        whose std is 0.02 / sqrt(2 * n_layers) so the stream's variance does not grow with depth.
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for block in self.trf_blocks:
+            for projection in (block.att.out_proj, block.ff.layers[2]):
+                nn.init.normal_(projection.weight, mean=0.0, std=residual_std)
 
     def forward(self, in_idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,

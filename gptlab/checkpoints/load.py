@@ -1,0 +1,154 @@
+"""``load_pretrained``: one entry point that recognises every weight source gptlab reads.
+
+The sources, and the module that reads each:
+
+* a GPT-2 name (``gpt2``, ``gpt2-medium``...): ``hub`` downloads it, ``hf`` imports it;
+* a gptlab export (``config.json`` with ``"format": "gptlab"``): ``native``;
+* a Hugging Face GPT-2 directory: ``hf``;
+* a run directory: its ``model/`` export, else ``checkpoints/last.ckpt``;
+* a gptlab task checkpoint (``.ckpt``): ``task``;
+* the book's ``model.pth`` (a bare ``model.state_dict()`` or ``{"model_state_dict": ...}``), or
+  any state dict file in gptlab's or GPT-2's names: ``state`` / ``hf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptlab.checkpoints.files import CONFIG_FILE, load_torch_file, read_json, read_safetensors
+from gptlab.checkpoints.hf import config_from_hf, hf_config_for_state, load_hf_directory, load_hf_state
+from gptlab.checkpoints.hub import HUB_MODELS, download_gpt2
+from gptlab.checkpoints.native import FORMAT_MARKER, is_native_export, load_model
+from gptlab.checkpoints.state import config_from_dict, merge_config, model_from_state_dict
+from gptlab.checkpoints.task import TaskCheckpoint, is_task_checkpoint, task_checkpoint_from
+from gptlab.errors import CheckpointError
+from gptlab.model.config import GPTConfig
+from gptlab.model.gpt import GPT
+
+#: The key under which the book's chapter 5 saves the model next to its optimizer.
+BOOK_STATE_KEY = "model_state_dict"
+
+
+def load_pretrained(source: str | Path, config: GPTConfig | None = None) -> GPT:
+    """A ``GPT`` (in training mode, float32, on the CPU) with weights from ``source``.
+
+    ``source`` is one of:
+
+    * a GPT-2 name (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``), downloaded once from
+      the Hugging Face Hub into its cache;
+    * a directory: a Hugging Face GPT-2 one, a gptlab export, or a run directory (its ``model/``
+      export, else ``checkpoints/last.ckpt``);
+    * a file: a gptlab task's ``.ckpt``, or a state dict (``.pth``/``.pt``/``.bin``/``.safetensors``)
+      such as the book's ``model.pth``, which needs ``config`` since it carries no architecture.
+
+    ``config`` is the caller's model config. Where the source describes its own architecture,
+    ``vocab_size``, ``emb_dim``, ``n_heads`` and ``n_layers`` must match it (``context_length``
+    may be smaller: the position table is cropped), ``qkv_bias`` is the source's, ``tie_embeddings``
+    is the source's unless the source is tied and ``config`` asks for an untied head (which then
+    starts as a copy of the embedding, as in the book's ``load_weights_into_gpt``), and
+    ``drop_rate`` and ``attention`` are the caller's. Without ``config``, imported GPT-2 weights
+    get ``drop_rate=0.0`` and gptlab's own formats keep their saved settings.
+    """
+    if isinstance(source, str) and source in HUB_MODELS:
+        model = load_hf_directory(download_gpt2(source), config)
+        if config is None or config.name == "custom":
+            model.cfg.name = source
+        return model
+    path = Path(source).expanduser()
+    if not path.exists():
+        text = str(source)
+        if "/" not in text and os.sep not in text and not Path(text).suffix:
+            raise CheckpointError(
+                f"unknown model {text!r}; valid names: {', '.join(HUB_MODELS)} "
+                "(or pass a local directory or checkpoint file)"
+            )
+        raise CheckpointError(
+            f"{path} does not exist; pass a model name ({', '.join(HUB_MODELS)}), a model directory "
+            "or a checkpoint file"
+        )
+    return _load_directory(path, config) if path.is_dir() else _load_file(path, config)
+
+
+def model_from_task_checkpoint(checkpoint: TaskCheckpoint, config: GPTConfig | None = None) -> GPT:
+    """The ``GPT`` inside a task checkpoint, built from the model config the task recorded."""
+    state, saved, source = checkpoint.model_state, checkpoint.model_config, str(checkpoint.path)
+    if saved is None:
+        if config is None:
+            raise CheckpointError(f"{source} does not record its model config; pass the config it was trained with")
+        return model_from_state_dict(state, config, source)
+    # The weights themselves are the authority on biases and tying, should the recorded config
+    # describe the requested architecture rather than the one loaded (e.g. init=gpt2).
+    head, emb = state.get("out_head.weight"), state.get("tok_emb.weight")
+    untied = head is not None and emb is not None and head.shape == emb.shape and not torch.equal(head, emb)
+    source_cfg = config_from_dict(dict(saved), source)
+    source_cfg = dataclasses.replace(
+        source_cfg,
+        qkv_bias="trf_blocks.0.att.W_query.bias" in state,
+        tie_embeddings=source_cfg.tie_embeddings and not untied,
+    )
+    return model_from_state_dict(state, merge_config(source_cfg, config, source), source)
+
+
+def _load_directory(path: Path, config: GPTConfig | None) -> GPT:
+    if (path / CONFIG_FILE).is_file():
+        saved = read_json(path / CONFIG_FILE)
+        if saved.get("format") == FORMAT_MARKER:
+            return load_model(path, config)
+        if saved.get("model_type") == "gpt2" or "n_embd" in saved:
+            return load_hf_directory(path, config)
+        raise CheckpointError(
+            f"{path / CONFIG_FILE} is neither a gptlab export nor a GPT-2 config "
+            f"(model_type {saved.get('model_type')!r})"
+        )
+    if is_native_export(path / "model"):
+        return load_model(path / "model", config)
+    last = path / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return _load_file(last, config)
+    raise CheckpointError(
+        f"{path} holds no model: expected {CONFIG_FILE} (a gptlab export or a Hugging Face GPT-2 "
+        "directory), or a run directory with model/ or checkpoints/last.ckpt"
+    )
+
+
+def _load_file(path: Path, config: GPTConfig | None) -> GPT:
+    if path.suffix == ".safetensors":
+        if (path.parent / CONFIG_FILE).is_file():
+            return _load_directory(path.parent, config)
+        return _load_state_dict(read_safetensors(path), config, str(path))
+    obj = load_torch_file(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
+    if is_task_checkpoint(obj):
+        return model_from_task_checkpoint(task_checkpoint_from(obj, path), config)
+    if isinstance(obj.get(BOOK_STATE_KEY), dict):
+        obj = obj[BOOK_STATE_KEY]
+    return _load_state_dict(obj, config, str(path))
+
+
+def _load_state_dict(state: dict[str, Any], config: GPTConfig | None, source: str) -> GPT:
+    """A flat state dict in gptlab's names, or in GPT-2's (architecture from a ``config.json`` beside it)."""
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if any(k.removeprefix("transformer.") == "wte.weight" for k in tensors):
+        hf_config = Path(source).parent / CONFIG_FILE
+        if hf_config.is_file():
+            source_cfg = config_from_hf(read_json(hf_config), str(hf_config))
+        elif config is not None:
+            source_cfg = hf_config_for_state(tensors, config)
+        else:
+            raise CheckpointError(
+                f"{source} holds GPT-2 tensors but there is no {CONFIG_FILE} beside it; pass a model config"
+            )
+        return load_hf_state(tensors, source_cfg, config, source)
+    if config is None:
+        raise CheckpointError(
+            f"{source} is a bare state dict without its architecture; pass the model config it was "
+            "trained with, e.g. load_pretrained(path, GPTConfig.from_preset('gpt2-small')), or "
+            "model=<preset> beside init=<path>"
+        )
+    return model_from_state_dict(tensors, config, source)
