@@ -12,7 +12,7 @@ from gptlab.callbacks import throughput
 from gptlab.callbacks.throughput import Throughput, compute_dtype, peak_flops, sequence_length
 from gptlab.model import GPT, GPTConfig
 from gptlab.model.flops import flops_per_token
-from gptlab.tasks import PretrainTask
+from gptlab.tasks import CausalLMTask
 
 TINY = dict(vocab_size=300, context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 
@@ -65,7 +65,7 @@ def test_measured_cpu_peak_is_plausible() -> None:
 def test_fit_logs_tokens_per_second_and_mfu_between_zero_and_one(tmp_path) -> None:
     ids = torch.randint(0, 300, (16, 33))
     loader = DataLoader(TensorDataset(ids[:, :-1], ids[:, 1:]), batch_size=4)
-    task = PretrainTask(model=TINY)
+    task = CausalLMTask(model=TINY)
     callback = Throughput(skip_steps=1)
     trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],

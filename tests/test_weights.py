@@ -129,26 +129,26 @@ def test_caller_config_keeps_training_settings_and_may_untie_or_crop(tmp_path: P
 
 
 def test_task_init_loads_pretrained_weights(tmp_path: Path):
-    from gptlab.tasks.pretrain import PretrainTask
+    from gptlab.tasks import CausalLMTask
 
     hf = hf_model()
     hf.save_pretrained(tmp_path)
     model_cfg = {k: v for k, v in SMALL.to_dict().items() if k != "name"}
-    task = PretrainTask(model=model_cfg, init=str(tmp_path))
+    task = CausalLMTask(model=model_cfg, init=str(tmp_path))
     assert_same_logits(task.gpt, hf, ids())
 
 
 def test_checkpoint_of_an_initialised_task_records_the_built_model_and_reloads_offline(tmp_path: Path):
     import lightning as L
 
-    from gptlab.tasks.pretrain import PretrainTask
+    from gptlab.tasks import CausalLMTask
 
     hf = hf_model()
     hf.save_pretrained(tmp_path / "gpt2")
     # The preset says no qkv bias and an untied head; the GPT-2 weights have biases and tie them.
     asked = {"preset": "nano", "vocab_size": VOCAB, "emb_dim": EMB, "n_heads": 4, "n_layers": 2,
              "context_length": 64}
-    task = PretrainTask(model=asked, init=str(tmp_path / "gpt2"))
+    task = CausalLMTask(model=asked, init=str(tmp_path / "gpt2"))
     assert task.hparams["model"]["qkv_bias"] is True
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
@@ -159,7 +159,7 @@ def test_checkpoint_of_an_initialised_task_records_the_built_model_and_reloads_o
     saved = torch.load(tmp_path / "step1.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
     assert saved["init"] is None and saved["initialized_from"] == str(tmp_path / "gpt2")
     (tmp_path / "gpt2" / "model.safetensors").unlink()  # rebuilding must not need the source again
-    reloaded = PretrainTask.load_from_checkpoint(tmp_path / "step1.ckpt")
+    reloaded = CausalLMTask.load_from_checkpoint(tmp_path / "step1.ckpt")
     x = ids()
     with torch.no_grad():
         assert torch.equal(reloaded.gpt.eval()(x), task.gpt.eval()(x))
@@ -304,9 +304,9 @@ def test_lightning_checkpoint_and_run_directory(tmp_path: Path):
 def test_real_lightning_checkpoint(tmp_path: Path):
     import lightning as L
 
-    from gptlab.tasks.pretrain import PretrainTask
+    from gptlab.tasks import CausalLMTask
 
-    task = PretrainTask(model={k: v for k, v in SMALL.to_dict().items() if k != "name"})
+    task = CausalLMTask(model={k: v for k, v in SMALL.to_dict().items() if k != "name"})
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
     data = torch.randint(0, VOCAB, (2, 9))

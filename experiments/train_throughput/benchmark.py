@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from gptlab import GPT, GPTConfig
 from gptlab.tasks import PretrainTask
 from gptlab.tasks.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_lambda
-from gptlab.tasks.pretrain import next_token_loss
+from gptlab.tasks.causal_lm import next_token_loss
 
 
 def make_batches(cfg: GPTConfig, batch_size: int, steps: int, seed: int = 0) -> DataLoader:

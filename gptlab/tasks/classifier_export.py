@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model import GPT, GPTConfig
 from gptlab.tasks.classifier_head import replace_head
-from gptlab.weights import CONFIG_FILE, WEIGHTS_FILE
+from gptlab.checkpoints import CONFIG_FILE, WEIGHTS_FILE
 
 CLASSIFIER_FILE = "classifier.json"
 ADAPTER_FILE = "lora_adapter.safetensors"
