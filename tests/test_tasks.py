@@ -88,6 +88,24 @@ def test_lora_is_one_policy_for_the_language_model_and_the_classifier(tmp_path: 
         assert torch.allclose(exported.eval()(inputs), lm.gpt.eval()(inputs), atol=1e-5)
 
 
+def test_checkpoint_of_a_lora_run_loads_as_a_plain_model(tmp_path: Path):
+    """``init=<a LoRA run's .ckpt>`` (how DPO starts from an instruction-tuned LoRA run) merges the adapters."""
+    from gptlab.checkpoints import load_pretrained
+
+    torch.manual_seed(0)
+    lm = CausalLMTask(NANO, trainable_layers="lora", lora={"rank": 2, "alpha": 4},
+                      optimizer={"lr": 1e-2, "weight_decay": 0.0})
+    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, accelerator="cpu", enable_checkpointing=False)
+    trainer.fit(lm, _lm_loader())
+    trainer.save_checkpoint(tmp_path / "lora.ckpt")
+    loaded = load_pretrained(tmp_path / "lora.ckpt")
+    assert not any("lora" in k or ".base." in k for k in loaded.state_dict())
+    inputs, _ = _lm_batch(seed=2)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(inputs), lm.gpt.eval()(inputs), atol=1e-5)
+
+
 def test_trainable_layer_options_apply_to_the_language_model():
     assert all(p.requires_grad for p in CausalLMTask(NANO).gpt.parameters())  # default: all
     task = CausalLMTask(NANO, trainable_layers="last_block")

@@ -24,7 +24,7 @@ from gptlab.checkpoints.files import CONFIG_FILE, load_torch_file, read_json, re
 from gptlab.checkpoints.hf import config_from_hf, hf_config_for_state, load_hf_directory, load_hf_state
 from gptlab.checkpoints.hub import HUB_MODELS, download_gpt2
 from gptlab.checkpoints.native import FORMAT_MARKER, is_native_export, load_model
-from gptlab.checkpoints.state import config_from_dict, merge_config, model_from_state_dict
+from gptlab.checkpoints.state import config_from_dict, merge_config, merge_lora_weights, model_from_state_dict
 from gptlab.checkpoints.task import TaskCheckpoint, is_task_checkpoint, task_checkpoint_from
 from gptlab.errors import CheckpointError
 from gptlab.model.config import GPTConfig
@@ -77,6 +77,11 @@ def load_pretrained(source: str | Path, config: GPTConfig | None = None) -> GPT:
 def model_from_task_checkpoint(checkpoint: TaskCheckpoint, config: GPTConfig | None = None) -> GPT:
     """The ``GPT`` inside a task checkpoint, built from the model config the task recorded."""
     state, saved, source = checkpoint.model_state, checkpoint.model_config, str(checkpoint.path)
+    if any(key.endswith(".lora_A") for key in state):  # a LoRA run: its adapters folded into the weights
+        alpha = (checkpoint.hparams.get("lora") or {}).get("alpha")
+        if alpha is None:
+            raise CheckpointError(f"{source} holds LoRA adapters but does not record lora.alpha; load it with its task")
+        state = merge_lora_weights(state, float(alpha))
     if saved is None:
         if config is None:
             raise CheckpointError(f"{source} does not record its model config; pass the config it was trained with")

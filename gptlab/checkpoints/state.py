@@ -123,3 +123,17 @@ def _check_names(missing: list[str], unexpected: list[str], config: GPTConfig, s
     elif any(k.startswith("trf_blocks.") for k in missing + unexpected):
         hint = f"; n_layers={config.n_layers} may be wrong for this checkpoint"
     raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}{hint}")
+
+
+def merge_lora_weights(state: StateDict, alpha: float) -> StateDict:
+    """A state dict with LoRA-wrapped layers (``X.base.weight``, ``X.lora_A``, ``X.lora_B``) folded
+    back into plain ``X.weight`` / ``X.bias``: ``W + alpha * (A @ B)^T``, as ``LoRALinear.merged`` does."""
+    merged = {k: v for k, v in state.items() if not k.endswith((".base.weight", ".base.bias", ".lora_A", ".lora_B"))}
+    for key in state:
+        if key.endswith(".lora_A"):
+            layer = key.removesuffix(".lora_A")
+            delta = alpha * (state[f"{layer}.lora_A"] @ state[f"{layer}.lora_B"]).T
+            merged[f"{layer}.weight"] = state[f"{layer}.base.weight"] + delta.to(state[f"{layer}.base.weight"].dtype)
+            if f"{layer}.base.bias" in state:
+                merged[f"{layer}.bias"] = state[f"{layer}.base.bias"]
+    return merged
