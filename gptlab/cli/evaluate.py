@@ -113,7 +113,7 @@ def run_responses(args: argparse.Namespace) -> None:
                                       timeout=args.judge_timeout, retries=args.judge_retries,
                                       concurrency=args.judge_concurrency, seed=args.judge_seed,
                                       num_ctx=args.judge_num_ctx)
-        with tqdm(total=len(rows), unit="record", desc="judge") as bar:
+        with tqdm(total=len(rows), unit="record", desc="judge", disable=None) as bar:  # None: off unless a terminal
             verdicts = JudgeClient(config).judge_all(rows, progress=lambda: bar.update(1))
         for row, verdict in zip(per_record, verdicts):
             row.update(judge_score=verdict.score, judge_reply=verdict.reply, judge_error=verdict.error,

@@ -130,7 +130,7 @@ def respond_to_records(model: GPT, tokenizer: Tokenizer, records: Sequence[dict[
     style = get_style(settings.prompt_style)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as file, \
-            tqdm(total=len(records), initial=len(answered), unit="record", disable=not progress) as bar:
+            tqdm(total=len(records), initial=len(answered), unit="record", disable=None if progress else True) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             prompts = [style.prompt(records[i]) for i in chunk]
