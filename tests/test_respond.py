@@ -120,3 +120,21 @@ def test_bad_input_is_one_clear_line(model_dir: Path, data_file: Path, tmp_path:
     message = error(str(model_dir), "--data", str(data_file), "--split", "all", "--out", out,
                     "--max-new-tokens", "9", "--no-progress")
     assert "holds responses generated with other settings" in message
+
+
+def test_chat_uses_the_prompt_style_recorded_with_the_model(model_dir: Path, capsys, monkeypatch):
+    import io
+
+    from gptlab.cli import chat
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Name a color.\n"))
+    prompts: list[str] = []
+
+    def scripted(model, tokenizer, prompt_ids, args, generator):
+        prompts.append(tokenizer.decode(prompt_ids))
+        yield from ["Blue", ".", "\n", "<|user|>", "\nmore"]
+
+    monkeypatch.setattr(chat, "stream_text", scripted)
+    assert chat.main([str(model_dir)]) == 0
+    assert capsys.readouterr().out == "Blue.\n"
+    assert prompts == [get_style("phi3").prompt({"instruction": "Name a color.", "input": ""})]
