@@ -127,3 +127,47 @@ def test_batches_feed_the_causal_lm_task(records_path: Path):
     inputs, targets = next(iter(dm.train_dataloader()))
     loss = torch.nn.functional.cross_entropy(task(inputs).flatten(0, 1), targets.flatten(), ignore_index=-100)
     assert torch.isfinite(loss)
+
+
+def compose(*overrides: str) -> dict:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    cfg.output_dir = "/tmp/run"
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_instruct_experiment_is_the_books_chapter7_run():
+    cfg = compose("experiment=instruct")
+    assert cfg["task"]["init"] == "gpt2-medium" and cfg["model"]["preset"] == "gpt2-medium"
+    assert cfg["task"]["optimizer"]["lr"] == 5e-5 and cfg["task"]["optimizer"]["weight_decay"] == 0.1
+    assert cfg["task"]["scheduler"]["name"] == "constant"
+    assert cfg["data"]["batch_size"] == 8 and cfg["seed"] == 123 and cfg["data"]["allowed_max_length"] == 1024
+    assert cfg["trainer"]["max_epochs"] == 2 and cfg["trainer"]["val_check_interval"] == 5
+    assert cfg["callbacks"]["sample"]["prompt"] is None  # the data module's sample_prompt
+    assert cfg["callbacks"]["prompt_style"]["model_dir"] == "/tmp/run/model"
+
+
+@pytest.mark.slow
+def test_instruct_scratch_trains_and_records_its_prompt_style(tmp_path: Path, records_path: Path):
+    import csv
+    import subprocess
+    import sys
+
+    from gptlab.callbacks.prompt_style import read_prompt_style
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gptlab.cli.train", "experiment=instruct_scratch", f"data.path={records_path}",
+           "model=nano", "data.prompt_style=phi3", "data.mask_prompt=true", "trainer.max_steps=4",
+           "trainer.val_check_interval=2", "trainer.limit_val_batches=2", "callbacks.sample=null",
+           "print_config=false", f"hydra.run.dir={run}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert read_prompt_style(run) == "phi3" and read_prompt_style(run / "model") == "phi3"
+    assert json.loads((run / "model" / "prompt.json").read_text()) == {"prompt_style": "phi3"}
+    assert any(row.get("val/loss") for row in csv.DictReader((run / "metrics.csv").open()))
