@@ -51,5 +51,6 @@ def markdown_report(title: str, summary: Mapping[str, Any], settings: Mapping[st
     lines += [f"| {key} | {fmt(value)} |" for key, value in summary.items()]
     if histogram:
         lines += ["", f"![judge scores]({histogram})"]
-    lines += ["", "## Settings", ""] + [f"- {key}: `{value}`" for key, value in settings.items()]
+    lines += ["", "## Settings", ""]
+    lines += [f"- {key}: `{value if isinstance(value, str) else json.dumps(value)}`" for key, value in settings.items()]
     return "\n".join(lines) + "\n"

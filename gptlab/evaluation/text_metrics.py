@@ -33,7 +33,7 @@ def text_metrics(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, float], l
     references = [row["output"] for row in rows]
     per_record = rouge_l(predictions, references)
     stopped = [row["ended_with_eos"] for row in rows if isinstance(row.get("ended_with_eos"), bool)]
-    summary = {"records": float(len(rows)), "rougeL": sum(per_record) / len(per_record),
+    summary: dict[str, float] = {"records": len(rows), "rougeL": sum(per_record) / len(per_record),
                "bleu4": bleu(predictions, references)}
     if stopped:
         summary["eos_share"] = sum(stopped) / len(stopped)
