@@ -1,8 +1,8 @@
 """``gptlab-chat``: ask an instruction-tuned model (book chapter 7) one instruction after another.
 
-Each line read from standard input is one instruction, wrapped in the Alpaca prompt format the
-model was fine-tuned on; the response streams back until ``<|endoftext|>`` or until the model
-starts a new ``###`` section. Works interactively and with piped input::
+Each line read from standard input is one instruction, wrapped in the prompt style the model
+was fine-tuned with (recorded in its run as ``prompt.json``; Alpaca when nothing is recorded);
+the response streams back until ``<|endoftext|>`` or until the model starts a new section. Works interactively and with piped input::
 
     gptlab-chat runs/instruct
     echo "Name the capital of France." | gptlab-chat runs/instruct
@@ -14,9 +14,10 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 
+from gptlab.callbacks.prompt_style import read_prompt_style
 from gptlab.cli import run_command
 from gptlab.cli.generate import StopStreamer, add_sampling_arguments, emit_line, prepare, stream_text
-from gptlab.prompts import SECTION_MARKER, format_prompt
+from gptlab.prompts import ALPACA, PROMPT_STYLES, get_style
 
 PROG = "gptlab-chat"
 EXIT_WORDS = ("exit", "quit", ":q")
@@ -28,13 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer instructions read from standard input, one per line, with an instruction-tuned GPT.",
     )
     add_sampling_arguments(parser, max_new_tokens=256)
+    parser.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default=None,
+                        help="default: the style recorded with the model, else alpaca")
     return parser
 
 
-def response_pieces(pieces: Iterator[str]) -> Iterator[str]:
-    """The response text, cut where the model opens a new ``### ...`` section."""
+def response_pieces(pieces: Iterator[str], stop: str = ALPACA.stop) -> Iterator[str]:
+    """The response text, cut where the model opens a new section (``stop``, e.g. ``\n###``)."""
     # The prompt ends in a newline, so a response that itself starts with "###" stops at once.
-    stopper = StopStreamer([SECTION_MARKER], context="\n")
+    stopper = StopStreamer([stop], context="\n")
     for piece in pieces:
         out = stopper.push(piece)
         if out:
@@ -47,6 +50,7 @@ def response_pieces(pieces: Iterator[str]) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> None:
+    style = get_style(args.prompt_style or read_prompt_style(args.source) or "alpaca")
     model, tokenizer, generator = prepare(args)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -63,9 +67,9 @@ def run(args: argparse.Namespace) -> None:
             continue
         if interactive and instruction.lower() in EXIT_WORDS:
             break
-        prompt_ids = tokenizer.encode(format_prompt(instruction))
+        prompt_ids = tokenizer.encode(style.prompt({"instruction": instruction, "input": ""}))
         pieces = stream_text(model, tokenizer, prompt_ids, args, generator)
-        emit_line(response_pieces(pieces), args.stream)
+        emit_line(response_pieces(pieces, style.stop), args.stream)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

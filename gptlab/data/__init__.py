@@ -3,11 +3,13 @@
 - ``downloads``: cached, sha256-verified downloads and zip extraction;
 - ``sources``: pretraining text (embedded, files, URLs, Hugging Face datasets) as chunk streams;
 - ``token_cache`` / ``pretrain``: a corpus tokenized once, cut into next-token windows;
-- ``tables`` / ``classification`` / ``sms_spam``: labelled texts padded with one ``TextEncoding``.
+- ``tables`` / ``classification`` / ``sms_spam``: labelled texts padded with one ``TextEncoding``;
+- ``records`` / ``instruction``: instruction records, split as the book does, and the chapter-7 collate.
 """
 
 from gptlab.data.classification import TextClassificationDataModule, encode_texts
 from gptlab.data.downloads import cache_root, download, extract_member, sha256_file
+from gptlab.data.instruction import InstructionDataModule
 from gptlab.data.pretrain import PretrainDataModule, SlidingWindowDataset
 from gptlab.data.sms_spam import SMSSpamDataModule
 from gptlab.data.sources import (
@@ -29,6 +31,7 @@ __all__ = [
     "EmbeddedSource",
     "FileSource",
     "HFSource",
+    "InstructionDataModule",
     "PretrainDataModule",
     "SMSSpamDataModule",
     "SlidingWindowDataset",
