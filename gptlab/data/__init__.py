@@ -1,6 +1,7 @@
 """Data: downloads, text sources, token caches and the Lightning data modules built on them."""
 
 from gptlab.data.classification import SMSSpamDataModule, TextClassificationDataModule
+from gptlab.data.preference import PreferenceDataModule
 from gptlab.data.pretrain import PretrainDataModule, SlidingWindowDataset
 from gptlab.data.sources import (
     THE_VERDICT_SHA256,
@@ -24,6 +25,7 @@ __all__ = [
     "EmbeddedSource",
     "FileSource",
     "HFSource",
+    "PreferenceDataModule",
     "PretrainDataModule",
     "SMSSpamDataModule",
     "SlidingWindowDataset",
