@@ -199,3 +199,47 @@ def test_resumed_copy_rebuilds_the_same_reference(source, tmp_path):
     after = reference_of(resumed, datamodule(tmp_path / "again"))
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
     assert not torch.allclose(policy_logps(resumed, data), after[0])  # the policy moved: lr 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lora", "precomputed"])
+def test_ddp_on_two_cpu_processes_runs_dpo_steps(mode, source, tmp_path):
+    # find_unused_parameters stays off (Lightning's ddp default): every trainable parameter must get
+    # a gradient from the policy's one forward pass, and the reference must add none.
+    run_dir = tmp_path / "ddp"
+    overrides = [
+        "task=preference", "data=preference", f"data.path={write_records(tmp_path / 'pairs.json', 32)}",
+        "data.tokenizer=byte", "data.batch_size=2", f"data.cache_dir={tmp_path / 'cache'}",
+        "model=nano", "model.vocab_size=257", "model.context_length=96", f"task.init={source}",
+        f"task.reference={mode}", *(["task.trainable_layers=lora"] if mode == "lora" else []),
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "callbacks.sample=null",
+        "print_config=false", f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "gptlab.cli.train", *overrides], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["dpo_reference"]["mode"] == mode
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "val/rewards/accuracies" in metrics and "train/rewards/margins" in metrics
+    assert (run_dir / "model" / "model.safetensors").is_file()  # exported with adapters merged
+
+
+def test_dpo_experiment_is_the_books_setting():
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=dpo", "task.init=runs/instruct"])
+    cfg.output_dir = "/tmp/run"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    task, data = resolved["task"], resolved["data"]
+    assert task["_target_"] == "gptlab.tasks.PreferenceTask" and task["init"] == "runs/instruct"
+    assert (task["beta"], task["optimizer"]["lr"], task["optimizer"]["weight_decay"]) == (0.1, 5e-6, 0.01)
+    assert data["batch_size"] == 8 and resolved["trainer"]["max_epochs"] == 1
+    assert data["_target_"] == "gptlab.data.PreferenceDataModule" and data["prompt_style"] == "alpaca"

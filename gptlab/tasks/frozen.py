@@ -33,7 +33,7 @@ def weights_fingerprint(model: nn.Module) -> str:
         name = name.replace(".base.", ".")  # LoRALinear keeps its frozen layer under ``base``
         data = tensor.detach().to("cpu", torch.float32).contiguous()
         digest.update(f"{name}:{tuple(data.shape)}".encode())
-        digest.update(data.numpy().tobytes())
+        digest.update(data.numpy())  # the buffer itself: no copy
     return digest.hexdigest()[:32]
 
 
