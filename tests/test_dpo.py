@@ -91,7 +91,8 @@ def datamodule(tmp_path: Path) -> PreferenceDataModule:
 
 def make_task(mode: str, init: Path | None, **kwargs) -> PreferenceTask:
     return PreferenceTask(MODEL, init=str(init) if init else None, reference=mode, beta=0.1,
-                          optimizer={"lr": 1e-2, "weight_decay": 0.0}, scheduler={"name": "constant", "warmup_steps": 0},
+                          optimizer={"lr": 1e-2, "weight_decay": 0.0},
+                          scheduler={"name": "constant", "warmup_steps": 0},
                           **{**MODES[mode], **kwargs})
 
 

@@ -85,7 +85,8 @@ class PreferenceDataset(Dataset[dict[str, Any]]):
     def attach_reference(self, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> None:
         """Store the reference's summed response log-probabilities, one per pair, in pair order."""
         if len(chosen_logps) != len(self) or len(rejected_logps) != len(self):
-            raise DataError(f"got reference log-probabilities for {len(chosen_logps)} pairs, the split has {len(self)}")
+            raise DataError(f"got reference log-probabilities for {len(chosen_logps)} pairs; "
+                            f"the split has {len(self)}")
         self.reference = {REFERENCE_KEYS[0]: chosen_logps.float().cpu(), REFERENCE_KEYS[1]: rejected_logps.float().cpu()}
 
 
@@ -152,7 +153,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if max_length < 2:
             raise DataError(f"data.max_length must be at least 2 (a prompt and a response token), got {max_length}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise DataError(f"data.batch_size and data.eval_batch_size must be at least 1, got {batch_size}, {eval_batch_size}")
+            raise DataError("data.batch_size and data.eval_batch_size must be at least 1, "
+                            f"got {batch_size} and {eval_batch_size}")
         self.path, self.sha256, self.val_path, self.hf_split = str(path), sha256, val_path, hf_split
         self.style: PromptStyle = get_style(prompt_style)
         self.tokenizer: Tokenizer = get_tokenizer(tokenizer)

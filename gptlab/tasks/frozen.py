@@ -47,7 +47,8 @@ class FrozenModel:
             that changed since (say its run trained on) raises ``CheckpointError`` on build.
     """
 
-    def __init__(self, source: str, config: GPTConfig | None = None, expected_fingerprint: str | None = None) -> None:
+    def __init__(self, source: str, config: GPTConfig | None = None,
+                 expected_fingerprint: str | None = None) -> None:
         self.source = str(source)
         self.config = config
         self.expected_fingerprint = expected_fingerprint

@@ -74,14 +74,14 @@ class PreferenceTask(GPTTask):
     def __init__(self, model: dict[str, Any], beta: float = 0.1, logp_reduction: str = "sum",
                  reference: str = "copy", trainable_layers: str = "all", lora: dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
-        if reference not in REFERENCE_MODES:
-            raise ConfigError(f"task.reference={reference!r} is unknown; use one of {', '.join(REFERENCE_MODES)}")
-        if logp_reduction not in LOGP_REDUCTIONS:
-            raise ConfigError(f"task.logp_reduction={logp_reduction!r} is unknown; use one of {', '.join(LOGP_REDUCTIONS)}")
-        if trainable_layers not in TRAINABLE_LAYERS:
-            raise ConfigError(f"task.trainable_layers={trainable_layers!r} is unknown; use one of {', '.join(TRAINABLE_LAYERS)}")
+        for setting, value, known in (("reference", reference, REFERENCE_MODES),
+                                      ("logp_reduction", logp_reduction, LOGP_REDUCTIONS),
+                                      ("trainable_layers", trainable_layers, TRAINABLE_LAYERS)):
+            if value not in known:
+                raise ConfigError(f"task.{setting}={value!r} is unknown; use one of {', '.join(known)}")
         if reference == "lora" and trainable_layers != "lora":
-            raise ConfigError("task.reference=lora is the policy with its adapters off; it needs task.trainable_layers=lora")
+            raise ConfigError("task.reference=lora is the policy with its adapters off; "
+                              "it needs task.trainable_layers=lora")
         if float(beta) <= 0:
             raise ConfigError(f"task.beta must be positive, got {beta}")
         super().__init__(model, **kwargs)
@@ -103,7 +103,8 @@ class PreferenceTask(GPTTask):
         self.lora_layers = self._set_trainable()
         self.frozen: FrozenModel | None = None  # a plain attribute: no parameters, no state_dict entries
         self.eval_metrics = nn.ModuleDict({
-            split: nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in METRICS}) for split in ("val", "test")
+            split: nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in METRICS})
+            for split in ("val", "test")
         })
 
     def _set_trainable(self) -> list[str]:
@@ -225,7 +226,8 @@ class PreferenceTask(GPTTask):
         rank_zero_info(f"DPO: beta={self.beta}, logp_reduction={self.logp_reduction}, reference={self.reference_mode} "
                        f"(source {self.source}); {trainable:,} of {total:,} parameters trainable")
         if self.reference_mode == "copy":
-            self.frozen_reference().get(self.device, self._weights_dtype())  # fail now, not mid-epoch, on a changed source
+            # Built now, so a source that changed since the run started fails here, not mid-epoch.
+            self.frozen_reference().get(self.device, self._weights_dtype())
         self.attach_precomputed(("train", "val"))
 
     def on_validation_start(self) -> None:
