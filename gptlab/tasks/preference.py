@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, DataError
 from gptlab.model.lora import adapters_disabled, apply_lora, count_parameters, merge_lora
 from gptlab.tasks.base import GPTTask, _plain
 from gptlab.tasks.classify import LoRAConfig
@@ -153,7 +153,7 @@ class PreferenceTask(GPTTask):
 
     def attach_precomputed(self, splits: tuple[str, ...]) -> None:
         """Give each split's pairs their reference log-probabilities, from the cache or computed now
-        (by rank 0; the other ranks wait, then read its file)."""
+        (by each node's first process; the others wait, then read its file)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.reference_mode != "precomputed" or not hasattr(datamodule, "reference_cache_dir"):
             return
@@ -164,13 +164,15 @@ class PreferenceTask(GPTTask):
             if dataset is None or len(dataset) == 0 or dataset.reference is not None:
                 continue
             path = cache_path(datamodule.reference_cache_dir(), self.reference_fingerprint, dataset.fingerprint())
-            if self.trainer.is_global_zero and read_cache(path, len(dataset)) is None:
+            if self.trainer.local_rank == 0 and read_cache(path, len(dataset)) is None:
                 with self.reference_network() as network:
                     write_cache(path, *compute_logps(network, datamodule.loader(split), self.device), self.source)
                 rank_zero_info(f"Reference log-probabilities of the {split} pairs computed once into {path}")
             self.trainer.strategy.barrier()
             cached = read_cache(path, len(dataset))
-            assert cached is not None, f"{path} was written by rank 0"
+            if cached is None:
+                raise DataError(f"cannot read the reference log-probabilities in {path}; "
+                                "point data.cache_dir at a writable directory")
             dataset.attach_reference(*cached)
         if self.frozen is not None:
             self.frozen.release()  # a resumed run needed it to compute; training does not
