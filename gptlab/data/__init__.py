@@ -4,12 +4,14 @@
 - ``sources``: pretraining text (embedded, files, URLs, Hugging Face datasets) as chunk streams;
 - ``token_cache`` / ``pretrain``: a corpus tokenized once, cut into next-token windows;
 - ``tables`` / ``classification`` / ``sms_spam``: labelled texts padded with one ``TextEncoding``;
-- ``records`` / ``instruction``: instruction records, split as the book does, and the chapter-7 collate.
+- ``records`` / ``instruction`` / ``preference``: instruction and preference records, split as the
+  book does; the chapter-7 collate and DPO's prompt/chosen/rejected batches.
 """
 
 from gptlab.data.classification import TextClassificationDataModule, encode_texts
 from gptlab.data.downloads import cache_root, download, extract_member, sha256_file
 from gptlab.data.instruction import InstructionDataModule
+from gptlab.data.preference import PreferenceDataModule
 from gptlab.data.pretrain import PretrainDataModule, SlidingWindowDataset
 from gptlab.data.sms_spam import SMSSpamDataModule
 from gptlab.data.sources import (
@@ -32,6 +34,7 @@ __all__ = [
     "FileSource",
     "HFSource",
     "InstructionDataModule",
+    "PreferenceDataModule",
     "PretrainDataModule",
     "SMSSpamDataModule",
     "SlidingWindowDataset",

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -192,3 +193,22 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameters, each shared tensor counted once."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` as its frozen base inside the block: every LoRA update is scaled by zero.
+
+    Adding an exact zero leaves each base output bit for bit unchanged, so the base network needs
+    no second copy in memory; DPO uses this as its reference model. The scales are restored on exit,
+    also when the block raises.
+    """
+    layers = list(lora_layers(model).values())
+    saved = [layer.alpha for layer in layers]
+    for layer in layers:
+        layer.alpha = 0.0
+    try:
+        yield model
+    finally:
+        for layer, alpha in zip(layers, saved):
+            layer.alpha = alpha

@@ -3,6 +3,7 @@
 from gptlab.tasks.base import GPTTask
 from gptlab.tasks.causal_lm import CausalLMTask, PretrainTask
 from gptlab.tasks.classify import ClassifyTask
+from gptlab.tasks.preference import PreferenceTask
 from gptlab.tasks.trainable import LoRAConfig
 
-__all__ = ["CausalLMTask", "ClassifyTask", "GPTTask", "LoRAConfig", "PretrainTask"]
+__all__ = ["CausalLMTask", "ClassifyTask", "GPTTask", "LoRAConfig", "PreferenceTask", "PretrainTask"]
