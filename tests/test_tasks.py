@@ -167,9 +167,15 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def _instantiate_task(overrides: list[str]) -> GPTTask:
+@pytest.fixture(scope="module")
+def nano_init(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A saved nano GPT for every task to start from (DPO needs one: its reference is ``init``)."""
+    return str(save_model(GPT(GPTConfig.from_dict(NANO)), tmp_path_factory.mktemp("nano") / "model"))
+
+
+def _instantiate_task(overrides: list[str], init: str | None = None) -> GPTTask:
     GlobalHydra.instance().clear()
-    tiny = ["model=nano", "model.vocab_size=97", "model.context_length=16", "task.init=null"]
+    tiny = ["model=nano", "model.vocab_size=97", "model.context_length=16", f"task.init={init or 'null'}"]
     with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*overrides, *tiny])
     return instantiate(cfg.task, _recursive_=False), cfg
@@ -177,8 +183,8 @@ def _instantiate_task(overrides: list[str]) -> GPTTask:
 
 @pytest.mark.parametrize("choice", [f"task={o}" for o in _options("task")]
                          + [f"experiment={o}" for o in _options("experiment")])
-def test_every_task_config_builds_its_task(choice: str, tmp_path: Path):
-    task, cfg = _instantiate_task([choice])
+def test_every_task_config_builds_its_task(choice: str, tmp_path: Path, nano_init: str):
+    task, cfg = _instantiate_task([choice], nano_init)
     assert f"{type(task).__module__.rsplit('.', 1)[0]}.{type(task).__name__}" == cfg.task._target_
     for key in ("trainable_layers", "init"):
         assert task.hparams[key] == cfg.task[key]
@@ -190,8 +196,8 @@ def test_every_task_config_builds_its_task(choice: str, tmp_path: Path):
 
 
 @pytest.mark.parametrize("task_name", _options("task"))
-def test_lora_from_the_command_line_on_every_task(task_name: str):
-    task, _ = _instantiate_task([f"task={task_name}", "task.trainable_layers=lora", "task.lora.rank=2"])
+def test_lora_from_the_command_line_on_every_task(task_name: str, nano_init: str):
+    task, _ = _instantiate_task([f"task={task_name}", "task.trainable_layers=lora", "task.lora.rank=2"], nano_init)
     trainable = _trainable(task)
     assert trainable and all(n.endswith((".lora_A", ".lora_B")) or n.startswith(task.new_modules) for n in trainable)
     assert len(task.lora_layers) == 2 * len(ADAPTED)
