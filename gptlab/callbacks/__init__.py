@@ -3,5 +3,6 @@
 from gptlab.callbacks.export import ExportModel
 from gptlab.callbacks.loss_plot import LossPlot
 from gptlab.callbacks.sample import GenerateSample
+from gptlab.callbacks.summary import RunSummary
 
-__all__ = ["ExportModel", "GenerateSample", "LossPlot"]
+__all__ = ["ExportModel", "GenerateSample", "LossPlot", "RunSummary"]
