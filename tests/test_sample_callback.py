@@ -76,4 +76,4 @@ def test_summary_command_repeats_the_sample_prompt_and_decoding():
 
 def test_summary_command_of_greedy_sampling_has_no_sampling_flags():
     trainer, _ = fake_run(byte_model(), callbacks=[GenerateSample(prompt="Hi", temperature=0.0)])
-    assert RunSummary.generate_command(trainer, "run") == "gptlab-generate run --prompt Hi --max-new-tokens 40"
+    assert RunSummary.generate_command(trainer, "run") == "gptlab-generate run --prompt Hi --max-new-tokens 50"

@@ -31,7 +31,7 @@ class GenerateSample(L.Callback):
     def __init__(
         self,
         prompt: str | None = None,
-        max_new_tokens: int = 30,
+        max_new_tokens: int = 50,
         temperature: float = 0.8,
         top_k: int | None = 40,
         seed: int = 123,

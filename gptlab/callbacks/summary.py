@@ -66,10 +66,12 @@ class RunSummary(L.Callback):
 
     @staticmethod
     def generate_command(trainer: L.Trainer, run: str) -> str:
-        """``gptlab-generate`` on this run with the sample callback's prompt and decoding."""
+        """``gptlab-generate`` on this run with the sample callback's prompt and decoding: it prints
+        the same text as the last sample (with the whitespace as generated)."""
         sampler = next((c for c in trainer.callbacks if isinstance(c, GenerateSample)), None)  # type: ignore[attr-defined]
         prompt = prompt_of(trainer, sampler.prompt if sampler else None) or "The"
-        words = ["gptlab-generate", run, "--prompt", prompt, "--max-new-tokens", "40"]
+        length = str(sampler.max_new_tokens if sampler else 50)
+        words = ["gptlab-generate", run, "--prompt", prompt, "--max-new-tokens", length]
         if sampler is not None and sampler.temperature > 0:
             words += ["--temperature", f"{sampler.temperature:g}"]
             if sampler.top_k:
