@@ -70,7 +70,7 @@ def test_summary_command_repeats_the_sample_prompt_and_decoding():
     sampler = GenerateSample(temperature=0.8, top_k=40, seed=123)
     trainer, _ = fake_run(byte_model(), sample_prompt="The with statement", callbacks=[sampler])
     command = RunSummary.generate_command(trainer, "runs/a b")
-    assert command == ("gptlab-generate 'runs/a b' --prompt 'The with statement' --max-new-tokens 40 "
+    assert command == ("gptlab-generate 'runs/a b' --prompt 'The with statement' --max-new-tokens 50 "
                        "--temperature 0.8 --top-k 40 --seed 123")
 
 
