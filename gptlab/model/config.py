@@ -89,7 +89,7 @@ def _load_presets() -> dict[str, dict[str, Any]]:
     """Read the presets from ``gptlab/conf/model/*.yaml``, so a preset's values live in one visible place.
 
     The command line (``model=micro``) and the library (``GPTConfig.from_preset("micro")``) build
-    from the same file; each file lists every field. Smallest first.
+    from the same file; each file lists every field. The GPT-2 sizes first, then the tiny ones.
     """
     from omegaconf import OmegaConf
 
@@ -99,7 +99,7 @@ def _load_presets() -> dict[str, dict[str, Any]]:
             values = OmegaConf.to_container(OmegaConf.create(entry.read_text(encoding="utf-8")))
             assert isinstance(values, dict), entry.name
             presets[str(values.pop("preset"))] = values
-    return dict(sorted(presets.items(), key=lambda item: (item[1]["emb_dim"], item[1]["n_layers"])))
+    return dict(sorted(presets.items(), key=lambda item: (not item[0].startswith("gpt2"), item[1]["emb_dim"])))
 
 
 #: Named architectures, read from ``conf/model/*.yaml``: the GPT-2 sizes follow the book's table
