@@ -74,3 +74,35 @@ def test_model_configs_list_every_gptconfig_field():
     resolved = resolve(compose_train([]))
     fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"name"}
     assert set(resolved["model"]) == fields | {"preset"}
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_yaml_is_the_preset_with_every_value_written_out(option):
+    node = resolve(compose_train([f"model={option}"]))["model"]
+    assert None not in node.values()
+    preset = GPTConfig.from_preset(option).to_dict()
+    assert node == {"preset": option, **{key: value for key, value in preset.items() if key != "name"}}
+
+
+def test_gpt2_presets_are_the_books_table():
+    # Section 4.6: GPT-2 small/medium/large/XL, vocabulary 50,257, context 1,024, untied head, no qkv bias.
+    table = {"gpt2-small": (768, 12, 12), "gpt2-medium": (1024, 24, 16),
+             "gpt2-large": (1280, 36, 20), "gpt2-xl": (1600, 48, 25)}
+    for name, (emb_dim, n_layers, n_heads) in table.items():
+        cfg = GPTConfig.from_preset(name)
+        assert (cfg.emb_dim, cfg.n_layers, cfg.n_heads) == (emb_dim, n_layers, n_heads), name
+        assert (cfg.vocab_size, cfg.context_length, cfg.qkv_bias, cfg.tie_embeddings) == (50257, 1024, False, False)
+
+
+def test_one_word_picks_a_preset_and_one_override_changes_one_field():
+    small = resolve(compose_train(["model=gpt2-small", "model.n_layers=8"]))["model"]
+    assert (small["preset"], small["emb_dim"], small["n_heads"], small["n_layers"]) == ("gpt2-small", 768, 12, 8)
+    assert GPTConfig.from_dict(small) == GPTConfig.from_preset("gpt2-small", n_layers=8)
+
+
+@pytest.mark.parametrize("option", [o for o in options("data") if o not in ("sms_spam", "text_classification")])
+def test_every_pretraining_data_config_names_its_sample_prompt(option):
+    overrides = [f"data={option}"] + (["data.path=corpus.txt"] if option == "files" else [])
+    resolved = resolve(compose_train(overrides))
+    assert "sample_prompt" in resolved["data"]
+    assert resolved["callbacks"]["sample"]["prompt"] is None  # the callback takes the data's prompt

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from safetensors.torch import load_file
+
+from gptlab.cli import train as train_cli
+from gptlab.errors import ConfigError
 
 FAST = ["model=nano", "trainer=debug", "data.batch_size=4", "print_config=false"]
 
@@ -31,14 +40,19 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("run")
-    train(run_dir, *FAST)
-    return run_dir
+    return run_dir, train(run_dir, *FAST)
+
+
+@pytest.fixture(scope="module")
+def finished_run(finished: tuple[Path, subprocess.CompletedProcess]) -> Path:
+    return finished[0]
 
 
 def test_run_directory_holds_config_checkpoints_metrics_plot_and_model(finished_run: Path):
-    assert (finished_run / "config.yaml").read_text().count("preset: nano") == 2  # model and task.model
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    assert config["model"]["preset"] == "nano" and config["task"]["model"] == "${model}"  # the task's model
     assert (finished_run / "checkpoints" / "last.ckpt").is_file()
     assert list((finished_run / "checkpoints").glob("best-step*.ckpt"))
     rows = list(csv.DictReader((finished_run / "metrics.csv").open()))
@@ -136,3 +150,71 @@ def test_wandb_offline_records_metrics_and_the_resolved_config(tmp_path: Path, m
     for key in (b"val/loss", b"train/loss", b"tokens_seen", b"preset", b"nano"):
         assert key in content, key
     assert (run_dir / "metrics.csv").is_file()  # the CSV logger runs beside W&B
+
+
+def test_config_yaml_shows_every_model_value(finished_run: Path):
+    model = yaml.safe_load((finished_run / "config.yaml").read_text())["model"]
+    expected = {"vocab_size": 50257, "context_length": 64, "emb_dim": 64, "n_heads": 2, "n_layers": 2}
+    assert {key: model[key] for key in expected} == expected
+    assert all(type(model[key]) is int for key in expected)
+    assert None not in model.values()
+
+
+def test_config_yaml_fed_back_rebuilds_the_same_model_in_a_new_run(finished_run: Path, tmp_path: Path):
+    before = (finished_run / "checkpoints" / "last.ckpt").read_bytes()
+    again = tmp_path / "again"
+    train(again, "--config-path", str(finished_run), "--config-name", "config")
+    assert (again / "checkpoints" / "last.ckpt").is_file()
+    assert (finished_run / "checkpoints" / "last.ckpt").read_bytes() == before  # the first run is untouched
+    first = json.loads((finished_run / "model" / "config.json").read_text())
+    assert json.loads((again / "model" / "config.json").read_text()) == first
+    shapes = [{k: v.shape for k, v in load_file(run / "model" / "model.safetensors").items()}
+              for run in (finished_run, again)]
+    assert shapes[0] == shapes[1]
+    # A model override of the re-run reaches the task's model too.
+    deeper = tmp_path / "deeper"
+    train(deeper, "model.n_layers=3", "--config-path", str(finished_run), "--config-name", "config")
+    assert json.loads((deeper / "model" / "config.json").read_text())["n_layers"] == 3
+
+
+def test_run_prints_samples_of_the_data_prompt_and_a_closing_summary(finished):
+    run_dir, result = finished
+    samples = [line for line in result.stdout.splitlines() if line.startswith("[step ")]
+    assert samples and all(line.split("] ", 1)[1].startswith("The with statement") for line in samples)
+    tail = result.stdout.rstrip().splitlines()[-4:]
+    assert tail[0] == f"Run finished: {run_dir}"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f"final val/loss {metrics['val/loss']:.3f}, perplexity {metrics['val/ppl']:,.1f} at step 4" in tail[1]
+    assert tail[2].endswith("tokens/s") and f"{4 * 4 * 64:,} training tokens" in tail[2]
+    assert tail[3] == (f"  try it: gptlab-generate {run_dir} --prompt 'The with statement' --max-new-tokens 50 "
+                       "--temperature 0.8 --top-k 40 --seed 123")
+
+
+def test_help_lists_groups_overrides_and_where_runs_go():
+    result = subprocess.run([sys.executable, "-m", "gptlab.cli.train", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    for group in ("model", "data", "task", "trainer", "logger", "callbacks", "experiment"):
+        assert any(line.strip().startswith(group + " ") for line in result.stdout.splitlines()), group
+    assert "model: gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, micro, mini, nano" in result.stdout
+    assert "model.n_layers=8" in result.stdout and "runs/DATE/TIME/" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "overrides, module, line",
+    [
+        (["logger=wandb"], "wandb", "logger=wandb needs the 'wandb' package: pip install 'gptlab[wandb]'"),
+        (["logger=tensorboard"], "tensorboard", "pip install 'gptlab[tensorboard]'"),
+        (["data=hf"], "datasets", "pip install 'gptlab[hf]'"),
+    ],
+)
+def test_an_optional_part_without_its_extra_names_the_install(monkeypatch, overrides, module, line):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    train_cli.check_extras(cfg)  # installed here: nothing to say
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    with pytest.raises(ConfigError) as err:
+        train_cli.check_extras(cfg)
+    assert line in str(err.value) and "\n" not in str(err.value)

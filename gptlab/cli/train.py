@@ -6,9 +6,11 @@ module, logger or callback needs a config file naming its class, not a change he
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
+import inspect
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,12 +18,21 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from gptlab.callbacks import RunSummary
 from gptlab.errors import ConfigError, GptlabError
+from gptlab.fileio import atomic_write_text
+
+#: Optional parts (module, extra, what needs it): their packages are extras, not dependencies.
+OPTIONAL = [
+    ("wandb", "wandb", "logger=wandb"),
+    ("tensorboard", "tensorboard", "logger=tensorboard"),
+    ("datasets", "hf", "a Hugging Face dataset (data.source=hf:...)"),
+]
 
 
 class _HideTips(logging.Filter):
@@ -29,6 +40,37 @@ class _HideTips(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("💡 Tip")
+
+
+def check_extras(cfg: DictConfig) -> None:
+    """Stop with the ``pip install`` line when the config uses an optional part that is not installed."""
+    targets = " ".join(str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values() if node)
+    needs = {
+        "wandb": "WandbLogger" in targets,
+        "tensorboard": "TensorBoardLogger" in targets,
+        "datasets": str(cfg.get("data", {}).get("source", "")).startswith("hf:"),
+    }
+    for module, extra, used_by in OPTIONAL:
+        if needs[module] and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{used_by} needs the {module!r} package: pip install 'gptlab[{extra}]'")
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    """The configured data module, with ``data.sample_prompt`` as its ``sample_prompt`` attribute.
+
+    ``sample_prompt`` is the text the sample callback completes, chosen per data config to fit its
+    corpus; it goes to the class's constructor only if that takes it.
+    """
+    node: Any = cfg.data
+    prompt = node.get("sample_prompt")
+    if "sample_prompt" in node:
+        params = inspect.signature(get_class(node._target_)).parameters.values()
+        if not any(p.name == "sample_prompt" or p.kind is p.VAR_KEYWORD for p in params):
+            node = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "sample_prompt"}
+    datamodule = instantiate(node, _recursive_=False)
+    if prompt and not getattr(datamodule, "sample_prompt", None):
+        datamodule.sample_prompt = prompt
+    return datamodule
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -68,13 +110,35 @@ def check_vocab(datamodule: Any, task: Any) -> None:
         )
 
 
+def run_config(cfg: DictConfig) -> DictConfig:
+    """The config as ``config.yaml`` keeps it: every value resolved, except where the run is written.
+
+    ``output_dir`` and the paths under it stay ``${...}`` references, and the file carries the
+    ``hydra.run``/``hydra.sweep`` settings, so ``--config-path RUN_DIR --config-name config`` starts a
+    new run directory instead of writing into this one. ``task.model: ${model}`` stays a reference,
+    so that ``model.*`` overrides of a re-run reach the task.
+    """
+
+    def keep(raw: Any, resolved: Any) -> Any:
+        if isinstance(raw, str) and ("output_dir" in raw or (raw.startswith("${") and isinstance(resolved, dict))):
+            return raw
+        if isinstance(raw, dict):
+            return {key: keep(value, resolved[key]) for key, value in raw.items()}
+        if isinstance(raw, list):
+            return [keep(a, b) for a, b in zip(raw, resolved)]
+        return resolved
+
+    out = OmegaConf.create(keep(OmegaConf.to_container(cfg), OmegaConf.to_container(cfg, resolve=True)))
+    defaults = OmegaConf.create((importlib.resources.files("gptlab.conf") / "train.yaml").read_text())
+    out.hydra = {key: defaults.hydra[key] for key in ("run", "sweep", "job")}
+    return out
+
+
 @rank_zero_only
 def save_config(cfg: DictConfig, output_dir: Path) -> None:
-    """The resolved config beside the checkpoints, so the run can be rebuilt exactly."""
+    """The config beside the checkpoints, so the run can be read and repeated (see ``run_config``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / ".config.yaml.tmp"
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, output_dir / "config.yaml")
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(run_config(cfg)))
 
 
 @rank_zero_only
@@ -92,7 +156,7 @@ def print_config(cfg: DictConfig) -> None:
 
 @rank_zero_only
 def save_metrics(metrics: dict[str, float], output_dir: Path) -> None:
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -104,7 +168,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data, _recursive_=False)
+    check_extras(cfg)
+    datamodule = build_datamodule(cfg)
     task = instantiate(cfg.task, _recursive_=False)
     check_vocab(datamodule, task)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
@@ -130,6 +195,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finally:
         _finish_wandb(loggers)
     save_metrics(metrics, output_dir)
+    for callback in callbacks:
+        if isinstance(callback, RunSummary):
+            callback.print()
     return metrics
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -67,7 +68,7 @@ class GPTConfig:
         """Build from a plain dict (a Hydra ``model`` node or a saved config).
 
         A ``preset`` key starts from that preset; the other keys override it, and a ``None``
-        value keeps the preset's (the Hydra model configs list every field as ``null``). Unknown
+        value keeps the preset's (configs saved by older versions list fields as ``null``). Unknown
         keys are an error, so a typo in a config never silently falls back to a default.
         """
         values = {key: value for key, value in values.items() if value is not None}
@@ -84,17 +85,23 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
 
-_GPT2_COMMON = dict(vocab_size=50257, context_length=1024, drop_rate=0.1, qkv_bias=False)
-_TINY_COMMON = dict(vocab_size=50257, drop_rate=0.0, qkv_bias=False, tie_embeddings=True)
+def _load_presets() -> dict[str, dict[str, Any]]:
+    """Read the presets from ``gptlab/conf/model/*.yaml``, so a preset's values live in one visible place.
 
-#: Named architectures. The GPT-2 sizes follow the book's table (section 4.6); the tiny ones
-#: train on a laptop CPU in minutes.
-PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2-small": dict(_GPT2_COMMON, emb_dim=768, n_layers=12, n_heads=12),  # 124M
-    "gpt2-medium": dict(_GPT2_COMMON, emb_dim=1024, n_layers=24, n_heads=16),  # 355M
-    "gpt2-large": dict(_GPT2_COMMON, emb_dim=1280, n_layers=36, n_heads=20),  # 774M
-    "gpt2-xl": dict(_GPT2_COMMON, emb_dim=1600, n_layers=48, n_heads=25),  # 1558M
-    "nano": dict(_TINY_COMMON, context_length=64, emb_dim=64, n_layers=2, n_heads=2),
-    "micro": dict(_TINY_COMMON, context_length=128, emb_dim=128, n_layers=4, n_heads=4),
-    "mini": dict(_TINY_COMMON, context_length=256, emb_dim=256, n_layers=6, n_heads=8),
-}
+    The command line (``model=micro``) and the library (``GPTConfig.from_preset("micro")``) build
+    from the same file; each file lists every field. The GPT-2 sizes first, then the tiny ones.
+    """
+    from omegaconf import OmegaConf
+
+    presets: dict[str, dict[str, Any]] = {}
+    for entry in (importlib.resources.files("gptlab.conf") / "model").iterdir():
+        if entry.name.endswith(".yaml"):
+            values = OmegaConf.to_container(OmegaConf.create(entry.read_text(encoding="utf-8")))
+            assert isinstance(values, dict), entry.name
+            presets[str(values.pop("preset"))] = values
+    return dict(sorted(presets.items(), key=lambda item: (not item[0].startswith("gpt2"), item[1]["emb_dim"])))
+
+
+#: Named architectures, read from ``conf/model/*.yaml``: the GPT-2 sizes follow the book's table
+#: (section 4.6); the tiny ones train on a laptop CPU in minutes.
+PRESETS: dict[str, dict[str, Any]] = _load_presets()
