@@ -185,7 +185,9 @@ def test_run_prints_samples_of_the_data_prompt_and_a_closing_summary(finished):
     assert tail[0] == f"Run finished: {run_dir}"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert f"final val/loss {metrics['val/loss']:.3f}, perplexity {metrics['val/ppl']:,.1f} at step 4" in tail[1]
-    assert tail[2].endswith("tokens/s") and f"{4 * 4 * 64:,} training tokens" in tail[2]
+    assert f"{4 * 4 * 64:,} training tokens" in tail[2] and "tokens/s (training steps alone:" in tail[2]
+    mfu = float(tail[2].split("MFU ", 1)[1].split("%", 1)[0])
+    assert 0 < mfu < 100 and "GFLOP/s" in tail[2]
     assert tail[3] == (f"  try it: gptlab-generate {run_dir} --prompt 'The with statement' --max-new-tokens 50 "
                        "--temperature 0.8 --top-k 40 --seed 123")
 
