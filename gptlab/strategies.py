@@ -11,6 +11,7 @@ than the whole model's. Two sharded strategies are offered:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -76,6 +77,12 @@ class FullyShardStrategy(ModelParallelStrategy):
         super().__init__(**kwargs)
         self.reshard_after_forward = reshard_after_forward
 
+    def setup_environment(self) -> None:
+        # Pure sharded data parallelism: every process is one data-parallel rank (no tensor parallel).
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
     def setup(self, trainer: L.Trainer) -> None:
         assert self.lightning_module is not None
         module = self.lightning_module
@@ -115,3 +122,37 @@ def checkpoint_blocks(module: nn.Module) -> int:
         targets = {id(m) for m in blocks}
         apply_activation_checkpointing(module, check_fn=lambda m: id(m) in targets)
     return len(blocks)
+
+
+def consolidate_checkpoint(directory: str | Path, output: str | Path | None = None) -> Path:
+    """Merge a sharded checkpoint directory (``trainer=fsdp`` or ``fully_shard``) into one ``.ckpt`` file.
+
+    Uses PyTorch's own converter (``dcp_to_torch_save``) in a single process, so a run sharded
+    over N devices can be exported, inspected or resumed on one. Returns the written file
+    (``<name>.consolidated.ckpt`` beside the directory unless ``output`` is given).
+    """
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from gptlab.fileio import atomic_path
+
+    directory = Path(directory)
+    output = Path(output) if output else directory.with_name(f"{directory.stem}.consolidated.ckpt")
+    with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
+        dcp_to_torch_save(directory, Path(tmp) / "state.pt")
+        state = torch.load(Path(tmp) / "state.pt", map_location="cpu", weights_only=False)
+    meta = torch.load(directory / "meta.pt", map_location="cpu", weights_only=False)
+    optimizers = [state[key] for key in sorted(state) if key.startswith("optimizer")]
+    checkpoint = {**meta, "state_dict": state.get("state_dict", state.get("model")), "optimizer_states": optimizers}
+    with atomic_path(output) as tmp_file:
+        torch.save(checkpoint, tmp_file)
+    return output
+
+
+if __name__ == "__main__":  # python -m gptlab.strategies runs/NAME/checkpoints/last.ckpt
+    import sys
+
+    for arg in sys.argv[1:]:
+        print(consolidate_checkpoint(arg))
