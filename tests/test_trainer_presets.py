@@ -120,3 +120,13 @@ def test_fully_shard_trains_on_two_cpu_processes_and_its_sharded_checkpoint_relo
     assert merged.raw["global_step"] == 6 and merged.model_config["emb_dim"] == 64
     model = GPT(GPTConfig.from_dict(merged.model_config))
     model.load_state_dict(merged.model_state)  # every weight present, full (unsharded) shapes
+
+
+def test_the_slurm_launcher_and_the_optuna_search_compose():
+    with initialize_config_module("gptlab.conf", version_base="1.3"):
+        slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        optuna = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.max_num_timeout == 3
+    assert optuna.hydra.sweeper._target_.endswith("OptunaSweeper") and optuna.optimized_metric == "val/loss"
+    assert set(optuna.hydra.sweeper.params) == {"task.optimizer.lr", "task.optimizer.weight_decay",
+                                                "task.scheduler.warmup_ratio"}
