@@ -71,10 +71,13 @@ def wandb_logger(
 ) -> WandbLogger:
     """A ``WandbLogger`` named from the run's Hydra choices; explicit ``group``/``name``/``tags`` win.
 
-    ``offline=None`` logs online when an API key is available (or ``WANDB_MODE`` says so) and offline
+    ``choices``/``overrides`` default to the running Hydra job's (``hydra.runtime.choices``,
+    ``hydra.job.override_dirname``). ``offline=None`` logs online when an API key is available (or ``WANDB_MODE`` says so) and offline
     otherwise. ``log_export`` uploads the exported model directory as an artifact at the end.
     """
-    derived = run_names(choices or {}, overrides, output_dir)
+    if choices is None:
+        choices, overrides = _hydra_job()
+    derived = run_names(choices, overrides, output_dir)
     if offline is None:
         mode = os.environ.get("WANDB_MODE", "")
         offline = mode in ("offline", "dryrun") or (mode != "online" and not has_api_key())
@@ -93,6 +96,19 @@ def wandb_logger(
     )
     logger.log_export = log_export  # type: ignore[attr-defined]
     return logger
+
+
+def _hydra_job() -> tuple[dict[str, Any], str]:
+    """The running Hydra job's group choices and command-line overrides (none outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}, ""
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    return dict(hydra_cfg.runtime.choices), str(hydra_cfg.job.override_dirname) if in_sweep else ""
 
 
 def finish_wandb(loggers: Iterable[Any], output_dir: str | os.PathLike[str] | None = None) -> None:
