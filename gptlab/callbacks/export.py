@@ -28,6 +28,10 @@ class ExportModel(L.Callback):
             own_export(self.dirpath, best_path or None)
         else:
             if best_path:
+                if Path(best_path).is_dir():  # a sharded checkpoint: merge it into one file first
+                    from gptlab.strategies import consolidate_checkpoint
+
+                    best_path = str(consolidate_checkpoint(best_path))
                 model = load_pretrained(best_path)
             save_model(model, self.dirpath)
         source = f"best checkpoint {Path(best_path).name}" if best_path else "final weights"
