@@ -130,7 +130,7 @@ def test_verdict_experiment_runs_on_a_local_copy(verdict_path: Path, tmp_path: P
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path: Path):
     run_dir = tmp_path / "ddp"
-    train(run_dir, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+    train(run_dir, *FAST, "trainer=ddp_cpu", "trainer.max_steps=2",
           "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.val_check_interval=2",
           "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false")
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

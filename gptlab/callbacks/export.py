@@ -22,6 +22,10 @@ class ExportModel(L.Callback):
         if not isinstance(pl_module, GPTTask):
             return
         best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.best else ""
+        if best_path and Path(best_path).is_dir():  # a sharded checkpoint: merge it into one file first
+            from gptlab.strategies import consolidate_checkpoint
+
+            best_path = str(consolidate_checkpoint(best_path))
         task = type(pl_module).from_task_checkpoint(best_path) if best_path else pl_module
         task.export(self.dirpath)
         source = f"best checkpoint {Path(best_path).name}" if best_path else "final weights"

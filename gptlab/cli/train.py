@@ -24,8 +24,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import RunSummary
+from gptlab.checkpoints import read_task_checkpoint
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import atomic_write_text
+from gptlab.loggers import finish_wandb
+from gptlab.sweeps import require_plugins
 
 #: Optional parts (module, extra, what needs it): their packages are extras, not dependencies.
 OPTIONAL = [
@@ -87,15 +90,18 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         return None
     if ckpt_path == "last":
         path = output_dir / "checkpoints" / "last.ckpt"
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(
                 f"ckpt_path=last but {path} does not exist; name the run directory to resume "
                 "(hydra.run.dir=runs/NAME) or pass the checkpoint file, ckpt_path=/path/to/last.ckpt"
             )
-        return str(path)
+        ckpt_path = str(path)
     path = Path(ckpt_path).expanduser()
+    if path.is_dir():  # a sharded checkpoint (trainer=fsdp / fully_shard): its strategy reads it
+        return str(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}; check ckpt_path (a .ckpt file, or `last`)")
+    read_task_checkpoint(path)  # a corrupt or foreign file stops here, in one line naming it
     return str(path)
 
 
@@ -193,7 +199,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
             metrics.update({k: float(v) for r in results for k, v in r.items()})
     finally:
-        _finish_wandb(loggers)
+        finish_wandb(loggers, output_dir)
     save_metrics(metrics, output_dir)
     for callback in callbacks:
         if isinstance(callback, RunSummary):
@@ -201,27 +207,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _finish_wandb(loggers: list[Any]) -> None:
-    """Close the W&B run so the next job of a multirun starts its own."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        wandb.finish()
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a sweep optimizes: ``metrics[cfg.optimized_metric]``."""
+    name = cfg.get("optimized_metric")
+    if name is None or not metrics:  # nothing logged: e.g. resuming a run that had already finished
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric={name!r} was not logged; the run logged {sorted(metrics)}")
+    return metrics[name]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
+        return objective(cfg, metrics)
     except Exception as err:
         problem = user_error(err)
         if problem is None:
             raise
         print(f"gptlab-train: error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
-    return metrics.get("val/loss")
 
 
 def user_error(err: BaseException) -> GptlabError | None:
@@ -236,6 +242,11 @@ def user_error(err: BaseException) -> GptlabError | None:
 
 def main() -> None:
     """Console entry point (``gptlab-train``)."""
+    try:
+        require_plugins(sys.argv[1:])
+    except ConfigError as err:
+        print(f"gptlab-train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     _hydra_main()
 
 

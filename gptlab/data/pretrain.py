@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gptlab.data.loaders import stateful_loader
 from gptlab.data.sources import TextSource, local_text_source, read_text_source
 from gptlab.data.token_cache import build_token_cache, open_tokens, read_token_meta
 from gptlab.errors import DataError
@@ -167,14 +168,9 @@ class PretrainDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool, drop_last: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for dataloaders")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        # Stateful: a checkpoint records the position in the epoch, so a resumed run continues there.
+        return stateful_loader(dataset, self.batch_size, shuffle=shuffle, drop_last=drop_last,
+                               num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=self.shuffle, drop_last=self.drop_last)
