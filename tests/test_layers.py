@@ -1,0 +1,59 @@
+"""Imports run one way: model <- checkpoints <- tasks / data <- callbacks <- cli.
+
+Every ``import gptlab...`` in every module counts, lazy imports inside functions included, so a
+lower layer never learns a higher one's names and no import circle can form between layers.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gptlab"
+
+#: A unit may import units of a strictly lower rank only; units of one rank stay apart.
+RANKS = {
+    "errors": 0, "fileio": 0, "loggers": 0,
+    "tokenizer": 1, "prompts": 1, "sweeps": 1,
+    "model": 2,
+    "generate": 3, "checkpoints": 3,
+    "data": 4, "tasks": 4, "evaluation": 4, "strategies": 4,
+    "callbacks": 5,
+    "cli": 6,
+}
+
+
+def imports_by_unit() -> dict[str, set[tuple[str, str]]]:
+    """For each top-level unit of the package, the (module file, imported unit) pairs it holds."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        unit = parts[0]
+        if unit == "__init__":  # the public API re-exports from every layer
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                     [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                pieces = name.split(".")
+                if pieces[0] == "gptlab" and len(pieces) > 1 and pieces[1] != unit:
+                    found.setdefault(unit, set()).add((str(path.relative_to(PACKAGE)), pieces[1]))
+    return found
+
+
+def test_every_unit_has_a_rank() -> None:
+    units = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    units |= {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert units - {"conf"} == set(RANKS)
+
+
+def test_imports_only_go_down() -> None:
+    upward = sorted(f"{module} imports gptlab.{target}"
+                    for unit, pairs in imports_by_unit().items()
+                    for module, target in pairs if RANKS[target] >= RANKS[unit])
+    assert not upward, "\n".join(upward)
+
+
+def test_the_model_knows_nothing_of_checkpoints_or_tasks() -> None:
+    model_imports = {target for _, target in imports_by_unit().get("model", set())}
+    assert model_imports <= {"errors"}
