@@ -39,6 +39,19 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def user_error_of(run_dir: Path, *overrides: str) -> str:
+    """The one-line message ``gptlab-train`` prints for a run that must not start (in-process)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*FAST, f"output_dir={run_dir}", *overrides])
+    with pytest.raises(Exception) as raised:
+        train_cli.train(cfg)
+    problem = train_cli.user_error(raised.value)
+    assert problem is not None, f"not a user error: {raised.value!r}"
+    assert "\n" not in str(problem)
+    return str(problem)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("run")
@@ -101,8 +114,7 @@ def test_checkpoint_of_another_architecture_is_refused_without_touching_it(finis
     ],
 )
 def test_bad_input_stops_with_one_clear_line(tmp_path: Path, overrides: list[str], expected: str):
-    result = train(tmp_path / "run", *FAST, *overrides, check=False)
-    assert expected in error_line(result)
+    assert expected in user_error_of(tmp_path / "run", *overrides)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -112,8 +124,7 @@ def test_bad_input_stops_with_one_clear_line(tmp_path: Path, overrides: list[str
 def test_empty_or_too_short_corpus_is_refused(tmp_path: Path, text: str, expected: str):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text)
-    result = train(tmp_path / "run", *FAST, f"data.path={corpus}", check=False)
-    assert expected in error_line(result)
+    assert expected in user_error_of(tmp_path / "run", f"data.path={corpus}")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
