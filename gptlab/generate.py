@@ -72,8 +72,12 @@ def static_decode_step(model: GPT, token: torch.Tensor, position_ids: torch.Tens
 
 @functools.cache
 def compiled_decode_step() -> Callable[..., torch.Tensor]:
-    """``static_decode_step`` under ``torch.compile``, built once per process (graphs per shape)."""
-    return torch.compile(static_decode_step, fullgraph=True, dynamic=False)
+    """``static_decode_step`` under ``torch.compile``, built once per process (graphs per shape).
+
+    Not ``fullgraph``: past torch's recompile limit (many models or shapes in one process) a
+    step then runs eagerly instead of failing.
+    """
+    return torch.compile(static_decode_step, dynamic=False)
 
 
 @torch.inference_mode()
