@@ -116,6 +116,35 @@ def _cache_size(needed: int, context_length: int, static: bool) -> int:
     return min(context_length, needed)
 
 
+class _StaticDecoder:
+    """Runs ``step`` (``static_decode_step``, compiled or not) on a cache the prompt was read into.
+
+    Keeps what the step needs besides the cache: which positions are visible (written and not
+    padding) and the next token's position id.
+    """
+
+    def __init__(self, step: Callable[..., torch.Tensor], cache: KVCache, prompt_mask: torch.Tensor | None,
+                 prompt_positions: torch.Tensor | None, prompt_length: int, batch_size: int,
+                 device: torch.device) -> None:
+        self.step, self.cache = step, cache
+        self.visible = torch.zeros(batch_size, cache.max_len, dtype=torch.bool, device=device)
+        self.visible[:, :prompt_length] = prompt_mask.bool() if prompt_mask is not None else True
+        if prompt_positions is not None:
+            self.next_pos = prompt_positions[:, -1:] + 1
+        else:
+            self.next_pos = torch.full((batch_size, 1), prompt_length, dtype=torch.long, device=device)
+
+    def __call__(self, model: GPT, token: torch.Tensor) -> torch.Tensor:
+        slot = self.cache.length
+        self.visible[:, slot] = True
+        logits = self.step(model, token.clone(memory_format=torch.contiguous_format),  # same strides every step
+                           self.next_pos, torch.tensor([slot], device=token.device), self.visible,
+                           [layer.keys for layer in self.cache.layers], [layer.values for layer in self.cache.layers])
+        self.cache.length += 1
+        self.next_pos = self.next_pos + 1
+        return logits
+
+
 def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float,
             top_k: int | None, top_p: float | None, eos_id: int | None,
             attention_mask: torch.Tensor | None, use_cache: bool,
@@ -128,42 +157,28 @@ def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
         attention_mask = attention_mask.to(idx.device).long()
 
     cache: KVCache | None = None
-    visible = next_pos = None  # the static step's mask of cache positions, and the next position id
+    static: _StaticDecoder | None = None
     tokens = idx[:, -context_length:]
     mask = attention_mask[:, -context_length:] if attention_mask is not None else None
     for _ in range(max_new_tokens):
-        if use_cache:
-            if cache is None or cache.length >= context_length:
-                # Prefill, or re-prefill once the window is full and slides (as the no-cache
-                # path does, positions restart at 0 for the cropped window). The cache holds
-                # only the positions this call can reach and is reused, not reallocated.
-                if cache is None:
-                    size = _cache_size(tokens.shape[1] + max_new_tokens, context_length, static_step is not None)
-                    cache = model.new_kv_cache(batch_size, size)
-                cache.length = 0
-                feed, feed_mask = tokens, mask
-            else:
-                feed, feed_mask = tokens[:, -1:], mask
+        prefill = use_cache and (cache is None or cache.length >= context_length)
+        if prefill:
+            # Prefill, or re-prefill once the window is full and slides (as the no-cache path
+            # does, positions restart at 0 for the cropped window). The cache holds only the
+            # positions this call can reach and is reused, not reallocated.
+            if cache is None:
+                size = _cache_size(tokens.shape[1] + max_new_tokens, context_length, static_step is not None)
+                cache = model.new_kv_cache(batch_size, size)
+            cache.length = 0
+        feed = tokens[:, -1:] if use_cache and not prefill else tokens
+        if static is not None and not prefill:
+            last_logits = static(model, feed)
         else:
-            feed, feed_mask = tokens, mask
-        pos = _positions(feed_mask)[:, -feed.shape[1]:] if feed_mask is not None else None
-        if static_step is not None and cache is not None and cache.length > 0:
-            slot = cache.length
-            visible[:, slot] = True  # type: ignore[index]
-            slot_index = torch.tensor([slot], device=idx.device)
-            token = feed.clone(memory_format=torch.contiguous_format)  # same strides every step
-            last_logits = static_step(model, token, next_pos, slot_index, visible,
-                                      [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
-            cache.length += 1
-        else:
-            logits = model(feed, attention_mask=feed_mask, position_ids=pos, kv_cache=cache if use_cache else None)
+            pos = _positions(mask)[:, -feed.shape[1]:] if mask is not None else None
+            logits = model(feed, attention_mask=mask, position_ids=pos, kv_cache=cache if use_cache else None)
             last_logits = logits[:, -1]
             if static_step is not None and cache is not None:
-                visible = torch.zeros(batch_size, cache.max_len, dtype=torch.bool, device=idx.device)
-                visible[:, : feed.shape[1]] = feed_mask.bool() if feed_mask is not None else True
-                next_pos = (pos[:, -1:] if pos is not None else torch.full_like(feed[:, :1], feed.shape[1] - 1))
-        if next_pos is not None:
-            next_pos = next_pos + 1
+                static = _StaticDecoder(static_step, cache, mask, pos, feed.shape[1], batch_size, idx.device)
         next_id = sample_next_token(last_logits[:, :vocab_limit], temperature, top_k, top_p, generator)
         if eos_id is not None:
             next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
