@@ -24,10 +24,9 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.nn import functional as F
