@@ -24,9 +24,9 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 
 import torch
 from torch.nn import functional as F
