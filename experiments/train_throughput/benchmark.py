@@ -132,6 +132,7 @@ def main() -> None:
     data = torch.randint(0, hf.config.vocab_size, (4 * args.batch, args.context + 1), generator=generator)
     batches = [(data[i:i + args.batch, :-1], data[i:i + args.batch, 1:]) for i in range(0, len(data), args.batch)]
 
+    peak_before = measure_cpu_flops(torch.float32, seconds=2.0)
     trainers, compile_seconds = [], {}
     for name in variants:  # each variant trains its own copy of the same initial weights
         model = hf if name.startswith("hf") else ours
@@ -147,9 +148,10 @@ def main() -> None:
 
     tokens = args.batch * args.context
     fpt = flops_per_token(ours, args.context, training=True)
-    # Measured now rather than read from peak_flops' per-machine cache, which may hold a value
-    # taken while the machine was busy; the same 1024^3 matmul measurement, for longer.
-    peak = measure_cpu_flops(torch.float32, seconds=2.0)
+    # Measured in this run (before and after the timing; the higher counts, since other work on
+    # the machine only lowers it) rather than read from peak_flops' per-machine cache, which may
+    # hold a value taken while the machine was busy.
+    peak = max(peak_before, measure_cpu_flops(torch.float32, seconds=2.0))
     speed = {name: tokens / statistics.median(times) for name, times in per_step.items()}
     reference = trainers[0].first_loss
     print(f"\nCPU: {cpu_name()}, {threads} threads; torch {torch.__version__}; GPT {args.layers} layers x "
