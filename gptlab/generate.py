@@ -3,15 +3,26 @@
 Decoding uses the model's KV cache by default: the prompt is processed once, then each step feeds
 only the newest token. ``use_cache=False`` recomputes the whole window every step, as the book
 does; both give the same greedy output.
+
+``compile=True`` decodes with a static cache instead: each one-token step attends over the whole
+preallocated cache (positions not yet written are masked out), so every step has the same shapes
+and ``torch.compile`` builds one graph for all of them, with GELU, LayerNorm and the residual
+additions fused. The prompt itself still runs eagerly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
+from torch.nn import functional as F
 
+from gptlab.model.attention import KVCache
 from gptlab.model.gpt import GPT
+
+#: Static caches are sized to a multiple of this, so calls of similar lengths share a compiled graph.
+STATIC_CACHE_MULTIPLE = 64
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -34,62 +45,141 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+def static_decode_step(model: GPT, token: torch.Tensor, position_ids: torch.Tensor, slot: torch.Tensor,
+                       visible: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+    """Next-token logits ``(B, vocab)`` of one new token per row, with shapes that never change.
+
+    The token's keys and values are written at cache position ``slot`` (a 1-element tensor) and
+    it attends over the whole cache, ``keys[i]``/``values[i]`` ``(B, heads, S, head_dim)``, where
+    ``visible`` ``(B, S)`` is true. The block's own modules do the work, so it is ``GPT.forward``
+    for one token (in eval mode) with the cache's length fixed at ``S``.
+    """
+    x = model.tok_emb(token) + model.pos_emb(position_ids)
+    mask = visible[:, None, None, :]
+    batch = x.shape[0]
+    for block, layer_keys, layer_values in zip(model.trf_blocks, keys, values):
+        att = block.att
+        h = block.norm1(x)
+        q, k, v = (proj(h).view(batch, 1, att.num_heads, att.head_dim).transpose(1, 2)
+                   for proj in (att.W_query, att.W_key, att.W_value))
+        layer_keys.index_copy_(2, slot, k)
+        layer_values.index_copy_(2, slot, v)
+        context = F.scaled_dot_product_attention(q, layer_keys, layer_values, attn_mask=mask)
+        x = x + att.out_proj(context.transpose(1, 2).reshape(batch, 1, att.d_out))
+        x = x + block.ff(block.norm2(x))
+    return model.out_head(model.final_norm(x))[:, -1]
+
+
+@functools.cache
+def compiled_decode_step() -> Callable[..., torch.Tensor]:
+    """``static_decode_step`` under ``torch.compile``, built once per process (graphs per shape).
+
+    Not ``fullgraph``: past torch's recompile limit (many models or shapes in one process) a
+    step then runs eagerly instead of failing.
+    """
+    return torch.compile(static_decode_step, dynamic=False)
+
+
 @torch.inference_mode()
 def stream_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                   top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                   attention_mask: torch.Tensor | None = None, use_cache: bool = True,
                   generator: torch.Generator | None = None,
-                  vocab_limit: int | None = None) -> Iterator[torch.Tensor]:
+                  vocab_limit: int | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next ids, ``(batch, 1)``, one step at a time.
 
     ``attention_mask`` (1 = token, 0 = padding) supports left-padded batches of prompts of
     different lengths. A row that has produced ``eos_id`` keeps producing ``eos_id``; generation
     stops once every row has. ``vocab_limit`` keeps ids below it: a vocabulary padded past the
-    tokenizer's (e.g. 50304 for 50257) has rows that decode to no text.
+    tokenizer's (e.g. 50304 for 50257) has rows that decode to no text. ``compile=True`` runs
+    the one-token steps as a compiled graph over a static cache (it implies ``use_cache``); the
+    first call per batch size and cache size pays for the compilation.
     """
     was_training = model.training
     model.eval()
+    step = compiled_decode_step() if compile else None
     try:
         yield from _decode(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
-                           attention_mask, use_cache, generator, vocab_limit)
+                           attention_mask, use_cache or compile, generator, vocab_limit, step)
     finally:
         model.train(was_training)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    # Left padding: real tokens are numbered from 0 wherever they start.
+    return (mask.cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def _cache_size(needed: int, context_length: int, static: bool) -> int:
+    if static:
+        needed = -(-needed // STATIC_CACHE_MULTIPLE) * STATIC_CACHE_MULTIPLE
+    return min(context_length, needed)
+
+
+class _StaticDecoder:
+    """Runs ``step`` (``static_decode_step``, compiled or not) on a cache the prompt was read into.
+
+    Keeps what the step needs besides the cache: which positions are visible (written and not
+    padding) and the next token's position id.
+    """
+
+    def __init__(self, step: Callable[..., torch.Tensor], cache: KVCache, prompt_mask: torch.Tensor | None,
+                 prompt_positions: torch.Tensor | None, prompt_length: int, batch_size: int,
+                 device: torch.device) -> None:
+        self.step, self.cache = step, cache
+        self.visible = torch.zeros(batch_size, cache.max_len, dtype=torch.bool, device=device)
+        self.visible[:, :prompt_length] = prompt_mask.bool() if prompt_mask is not None else True
+        if prompt_positions is not None:
+            self.next_pos = prompt_positions[:, -1:] + 1
+        else:
+            self.next_pos = torch.full((batch_size, 1), prompt_length, dtype=torch.long, device=device)
+
+    def __call__(self, model: GPT, token: torch.Tensor) -> torch.Tensor:
+        slot = self.cache.length
+        self.visible[:, slot] = True
+        logits = self.step(model, token.clone(memory_format=torch.contiguous_format),  # same strides every step
+                           self.next_pos, torch.tensor([slot], device=token.device), self.visible,
+                           [layer.keys for layer in self.cache.layers], [layer.values for layer in self.cache.layers])
+        self.cache.length += 1
+        self.next_pos = self.next_pos + 1
+        return logits
 
 
 def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float,
             top_k: int | None, top_p: float | None, eos_id: int | None,
             attention_mask: torch.Tensor | None, use_cache: bool,
-            generator: torch.Generator | None, vocab_limit: int | None) -> Iterator[torch.Tensor]:
+            generator: torch.Generator | None, vocab_limit: int | None,
+            static_step: Callable[..., torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
     context_length = model.cfg.context_length
     batch_size = idx.shape[0]
     finished = torch.zeros(batch_size, 1, dtype=torch.bool, device=idx.device)
     if attention_mask is not None:
         attention_mask = attention_mask.to(idx.device).long()
 
-    def positions(mask: torch.Tensor) -> torch.Tensor:
-        # Left padding: real tokens are numbered from 0 wherever they start.
-        return (mask.cumsum(dim=-1) - 1).clamp(min=0)
-
-    cache = None
+    cache: KVCache | None = None
+    static: _StaticDecoder | None = None
     tokens = idx[:, -context_length:]
     mask = attention_mask[:, -context_length:] if attention_mask is not None else None
     for _ in range(max_new_tokens):
-        if use_cache:
-            if cache is None or cache.length >= context_length:
-                # Prefill, or re-prefill once the window is full and slides (as the no-cache
-                # path does, positions restart at 0 for the cropped window). The cache holds
-                # only the positions this call can reach and is reused, not reallocated.
-                if cache is None:
-                    cache = model.new_kv_cache(batch_size, min(context_length, tokens.shape[1] + max_new_tokens))
-                cache.length = 0
-                feed, feed_mask = tokens, mask
-            else:
-                feed, feed_mask = tokens[:, -1:], mask
+        prefill = use_cache and (cache is None or cache.length >= context_length)
+        if prefill:
+            # Prefill, or re-prefill once the window is full and slides (as the no-cache path
+            # does, positions restart at 0 for the cropped window). The cache holds only the
+            # positions this call can reach and is reused, not reallocated.
+            if cache is None:
+                size = _cache_size(tokens.shape[1] + max_new_tokens, context_length, static_step is not None)
+                cache = model.new_kv_cache(batch_size, size)
+            cache.length = 0
+        feed = tokens[:, -1:] if use_cache and not prefill else tokens
+        if static is not None and not prefill:
+            last_logits = static(model, feed)
         else:
-            feed, feed_mask = tokens, mask
-        pos = positions(feed_mask)[:, -feed.shape[1]:] if feed_mask is not None else None
-        logits = model(feed, attention_mask=feed_mask, position_ids=pos, kv_cache=cache if use_cache else None)
-        next_id = sample_next_token(logits[:, -1, :vocab_limit], temperature, top_k, top_p, generator)
+            pos = _positions(mask)[:, -feed.shape[1]:] if mask is not None else None
+            logits = model(feed, attention_mask=mask, position_ids=pos, kv_cache=cache if use_cache else None)
+            last_logits = logits[:, -1]
+            if static_step is not None and cache is not None:
+                static = _StaticDecoder(static_step, cache, mask, pos, feed.shape[1], batch_size, idx.device)
+        next_id = sample_next_token(last_logits[:, :vocab_limit], temperature, top_k, top_p, generator)
         if eos_id is not None:
             next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
             finished |= next_id == eos_id
@@ -104,12 +194,13 @@ def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              attention_mask: torch.Tensor | None = None, use_cache: bool = True,
-             generator: torch.Generator | None = None, vocab_limit: int | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, vocab_limit: int | None = None,
+             compile: bool = False) -> torch.Tensor:
     """``idx`` followed by up to ``max_new_tokens`` generated ids (book's ``generate``).
 
     Stops early once every row has produced ``eos_id``; the ``eos_id`` itself is part of the
-    output, and rows that finished first are filled with it.
+    output, and rows that finished first are filled with it. ``compile``: see ``stream_tokens``.
     """
     new = list(stream_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
-                             attention_mask, use_cache, generator, vocab_limit))
+                             attention_mask, use_cache, generator, vocab_limit, compile))
     return torch.cat([idx, *new], dim=1) if new else idx

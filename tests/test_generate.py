@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -169,3 +171,60 @@ def test_vocab_limit_keeps_padded_rows_out():
     sampled = generate(model, idx, 20, temperature=1.0, vocab_limit=real,
                        generator=torch.Generator().manual_seed(0))
     assert (sampled[0, 4:] < real).all()
+
+
+def left_padded(prompts: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(p.shape[1] for p in prompts)
+    batch = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for row, p in enumerate(prompts):
+        batch[row, width - p.shape[1]:] = p[0]
+        mask[row, width - p.shape[1]:] = 1
+    return batch, mask
+
+
+@pytest.fixture
+def eager_static_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=True`` runs the static-cache step without compiling it (fast, same function)."""
+    generation = importlib.import_module("gptlab.generate")  # the module, not gptlab.generate()
+    monkeypatch.setattr(generation, "compiled_decode_step", lambda: generation.static_decode_step)
+
+
+@pytest.mark.parametrize("attention", BACKENDS)
+@pytest.mark.parametrize("new_tokens", [12, 30])  # 30: the window slides and the prompt is re-read
+def test_static_cache_step_matches_the_kv_cache(eager_static_step: None, attention: str, new_tokens: int):
+    model = tiny_gpt(attention)
+    batch, mask = left_padded([prompt(n, seed=n) for n in (3, 7, 12, 1)])
+    static = generate(model, batch, new_tokens, attention_mask=mask, compile=True)
+    assert torch.equal(static, generate(model, batch, new_tokens, attention_mask=mask))
+    assert torch.equal(static, generate(model, batch, new_tokens, attention_mask=mask, use_cache=False))
+    single = prompt(9)  # no attention mask at all
+    assert torch.equal(generate(model, single, new_tokens, compile=True), generate(model, single, new_tokens))
+
+
+def test_static_cache_step_logits_equal_the_model_forward():
+    from gptlab.generate import static_decode_step
+
+    model = tiny_gpt()
+    batch, mask = left_padded([prompt(n, seed=n) for n in (4, 9)])
+    extended = torch.cat([batch, prompt(2, seed=5).expand(2, -1)], dim=1)
+    full_mask = torch.cat([mask, torch.ones(2, 2, dtype=torch.long)], dim=1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        expected = model(extended, attention_mask=full_mask, position_ids=positions)[:, -1]
+        cache = model.new_kv_cache(2, 16)
+        width = extended.shape[1]
+        model(extended[:, :-1], attention_mask=full_mask[:, :-1], position_ids=positions[:, :-1], kv_cache=cache)
+        visible = torch.zeros(2, 16, dtype=torch.bool)
+        visible[:, :width] = full_mask.bool()
+        got = static_decode_step(model, extended[:, -1:], positions[:, -1:], torch.tensor([width - 1]), visible,
+                                 [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_static_decoding_equals_eager():
+    model = tiny_gpt()
+    batch, mask = left_padded([prompt(n, seed=n) for n in (2, 6, 11)])
+    compiled = generate(model, batch, 15, attention_mask=mask, compile=True)
+    assert torch.equal(compiled, generate(model, batch, 15, attention_mask=mask))

@@ -1,5 +1,7 @@
 """The from-scratch model against the book's worked examples and PyTorch's own reference ops."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -51,9 +53,11 @@ def test_layer_norm_equals_torch_layer_norm():
     torch.testing.assert_close(plain.var(-1, unbiased=False), torch.ones(2, 5), atol=1e-3, rtol=0)
 
 
-def test_gelu_is_the_tanh_approximation():
-    x = torch.linspace(-4, 4, 101)
-    torch.testing.assert_close(GELU()(x), nn.functional.gelu(x, approximate="tanh"))
+def test_gelu_is_the_books_tanh_approximation():
+    x = torch.linspace(-6, 6, 1201, dtype=torch.float64)
+    book = 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+    torch.testing.assert_close(GELU()(x), book, atol=1e-12, rtol=0)
+    assert float(GELU()(torch.tensor(1.0))) == pytest.approx(0.841192, abs=1e-6)  # vs exact GELU 0.841345
 
 
 def test_feed_forward_keeps_the_shape():

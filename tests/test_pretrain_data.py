@@ -172,7 +172,7 @@ def test_large_vocabularies_use_uint32(tmp_path: Path):
 def test_a_crash_while_tokenizing_leaves_no_cache(tmp_path: Path, _cache: Path, monkeypatch: pytest.MonkeyPatch):
     import gptlab.data.token_cache as token_cache
 
-    monkeypatch.setattr(token_cache, "BATCH_CHARS", 1)  # write the first file before the crash
+    monkeypatch.setattr(token_cache, "PIECE_CHARS", 1)  # write the first file before the crash
     ok, crash = _text_file(tmp_path, "fine words", "a.txt"), _text_file(tmp_path, "CRASH here", "b.txt")
     source = FileSource([ok, crash], "two files")
     with pytest.raises(RuntimeError, match="crashed"):

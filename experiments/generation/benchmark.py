@@ -1,11 +1,15 @@
 """Generation speed: gptlab's KV-cache decoding against ``transformers``' ``GPT2LMHeadModel.generate``.
 
-Both decode greedily from the same prompt with the same weights (a random GPT-2 124M built by
-``transformers`` and converted with ``gptlab.checkpoints``), batch 1, float32, on the CPU, and must
-produce the same tokens. Each side is warmed up once; the timed runs alternate between the two
-so that load from other processes on the machine hits both alike.
+Both decode greedily with the same weights (a random GPT-2 124M built by ``transformers`` and
+converted with ``gptlab.checkpoints``), float32, on the CPU, and must produce the same tokens. With
+``--batch 8`` eight prompts of different lengths are left-padded into one batch (both sides get
+the same ``input_ids`` and ``attention_mask``). ``--compile`` adds gptlab's compiled decode step
+over a static cache (``generate(..., compile=True)``); its one-off compilation is timed apart.
+Each side is warmed up once; the timed runs alternate so that load from other processes on the
+machine hits all alike.
 
     python experiments/generation/benchmark.py --new-tokens 200 --repeats 3
+    python experiments/generation/benchmark.py --batch 8 --new-tokens 100 --repeats 3 --compile
 """
 
 from __future__ import annotations
@@ -36,6 +40,32 @@ def build_models(seed: int, attention: str) -> tuple[torch.nn.Module, GPT]:
     return hf, ours
 
 
+#: Prompts of different lengths for ``--batch`` (cycled when the batch is larger).
+PROMPTS = [
+    "Every effort moves you",
+    "The quick brown fox jumps over the lazy dog and then",
+    "In the beginning",
+    "Once upon a time, in a small village at the edge of a great forest, there lived",
+    "Hello",
+    "Python is a programming language that lets you work quickly and",
+    "The results of the experiment were",
+    "She opened the door, looked around the empty room, and realised that nobody had",
+]
+
+
+def left_padded_prompts(batch: int, text: str, pad_id: int = 50256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``batch`` prompts, padded on the left."""
+    tokenizer = get_tokenizer("gpt2")
+    rows = [tokenizer.encode(text)] if batch == 1 else [tokenizer.encode(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
+    width = max(map(len, rows))
+    ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     out = fn()
@@ -58,7 +88,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
     parser.add_argument("--threads", type=int, default=None, help="default: every CPU this process may use")
-    parser.add_argument("--prompt", default="Every effort moves you")
+    parser.add_argument("--prompt", default="Every effort moves you", help="the prompt at --batch 1")
+    parser.add_argument("--batch", type=int, default=1, help="prompts of different lengths, left-padded")
+    parser.add_argument("--compile", action="store_true", help="also time generate(compile=True)")
     parser.add_argument("--attention", choices=["sdpa", "manual"], default="sdpa", help="gptlab's backend")
     parser.add_argument("--no-cache", action="store_true", help="also time gptlab without the KV cache")
     parser.add_argument("--seed", type=int, default=123)
@@ -67,42 +99,51 @@ def main() -> None:
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     hf, ours = build_models(args.seed, args.attention)
-    idx = torch.tensor([get_tokenizer("gpt2").encode(args.prompt)])
+    idx, mask = left_padded_prompts(args.batch, args.prompt)
     n = args.new_tokens
 
     def run_hf() -> torch.Tensor:
         with torch.inference_mode():
-            return hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False, max_new_tokens=n,
+            return hf.generate(idx, attention_mask=mask, do_sample=False, max_new_tokens=n,
                                min_new_tokens=n, pad_token_id=50256)
 
     runners: dict[str, Callable[[], torch.Tensor]] = {
         "transformers `GPT2LMHeadModel.generate`": run_hf,
-        f"gptlab `generate` (KV cache, {args.attention})": lambda: generate(ours, idx, n, use_cache=True),
+        f"gptlab `generate` (KV cache, {args.attention})": lambda: generate(ours, idx, n, attention_mask=mask),
     }
+    if args.compile:
+        runners["gptlab `generate(compile=True)` (static cache)"] = (
+            lambda: generate(ours, idx, n, attention_mask=mask, compile=True))
     if args.no_cache:
-        runners[f"gptlab `generate` (no cache, {args.attention})"] = lambda: generate(ours, idx, n, use_cache=False)
+        runners[f"gptlab `generate` (no cache, {args.attention})"] = (
+            lambda: generate(ours, idx, n, attention_mask=mask, use_cache=False))
 
-    outputs = {name: fn() for name, fn in runners.items()}  # warm-up, and the tokens to compare
-    reference = outputs[next(iter(runners))]
-    same = {name: torch.equal(out, reference) for name, out in outputs.items()}
+    warmup = {name: timed(fn) for name, fn in runners.items()}  # warm-up (and compilation), the tokens to compare
+    reference = warmup[next(iter(runners))][1]
+    same = {name: torch.equal(out, reference) for name, (_, out) in warmup.items()}
 
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.repeats):
         for name, fn in runners.items():
             times[name].append(timed(fn)[0])
 
-    print(f"CPU: {cpu_name()}, {threads} threads; torch {torch.__version__}; "
-          f"prompt {idx.shape[1]} tokens + {n} new, batch 1, float32, greedy; median of {args.repeats} runs\n")
-    print("| implementation | tokens/s (median) | tokens/s (best) | ms/token | same tokens as transformers |")
-    print("|---|---:|---:|---:|---|")
+    generated = n * args.batch
+    print(f"CPU: {cpu_name()}, {threads} threads; torch {torch.__version__}; batch {args.batch} "
+          f"(prompts of {mask.sum(-1).min()}-{mask.sum(-1).max()} tokens, left-padded to {idx.shape[1]}) "
+          f"+ {n} new tokens each, float32, greedy; median of {args.repeats} runs; "
+          f"1-minute load average {os.getloadavg()[0]:.2f}\n")
+    print("| implementation | tokens/s (median) | tokens/s (best) | ms/step | first call (s) | same tokens as transformers |")
+    print("|---|---:|---:|---:|---:|---|")
     speed = {}
     for name, runs in times.items():
         median = statistics.median(runs)
-        speed[name] = n / median
-        print(f"| {name} | {n / median:.1f} | {n / min(runs):.1f} | {1000 * median / n:.2f} | "
-              f"{'yes' if same[name] else 'NO'} |")
-    hf_name, ours_name = list(runners)[:2]
-    print(f"\ngptlab / transformers speed ratio: {speed[ours_name] / speed[hf_name]:.2f}x")
+        speed[name] = generated / median
+        print(f"| {name} | {generated / median:.1f} | {generated / min(runs):.1f} | {1000 * median / n:.2f} | "
+              f"{warmup[name][0]:.1f} | {'yes' if same[name] else 'NO'} |")
+    hf_name = next(iter(runners))
+    for name in list(runners)[1:]:
+        print(f"\n{name} / transformers speed ratio: {speed[name] / speed[hf_name]:.2f}x", end="")
+    print()
     if not all(same.values()):
         raise SystemExit("the implementations produced different tokens")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -23,10 +21,11 @@ class LayerNorm(nn.Module):
 
 
 class GELU(nn.Module):
-    """GELU in the tanh approximation that GPT-2 was trained with."""
+    """GELU in the tanh approximation that GPT-2 was trained with (the book's formula,
+    ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))``, as PyTorch's fused kernel)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+        return nn.functional.gelu(x, approximate="tanh")
 
 
 class FeedForward(nn.Module):

@@ -50,8 +50,11 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_adamw(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
     groups = [g for g in parameter_groups(module, cfg.weight_decay) if g["params"]]
-    on_cuda = any(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=on_cuda or None)
+    params = [p for g in groups for p in g["params"]]
+    # The fused kernel (one launch for every tensor) on GPUs and CPUs alike; sharded (DTensor)
+    # parameters keep the default implementation.
+    fused = all(type(p.data) is torch.Tensor and p.device.type in ("cuda", "cpu") for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
 def lr_lambda(cfg: SchedulerConfig, total_steps: int):
