@@ -30,7 +30,8 @@ class GPTConfig:
     qkv_bias: bool = False
     tie_embeddings: bool = False
     attention: AttentionBackend = "sdpa"
-    #: ``gpt2``: N(0, 0.02) weights and zero biases, as GPT-2 was trained. ``book``: PyTorch's
+    #: ``gpt2``: GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the residual
+    #: projections (attention ``out_proj``, the MLP's output) at 0.02 / sqrt(2 * n_layers). ``book``: PyTorch's
     #: default initialisation, as the book's ``GPTModel`` has it (embeddings N(0, 1)); it
     #: memorises a small corpus such as "The Verdict" much faster.
     weight_init: WeightInit = "gpt2"
