@@ -87,3 +87,22 @@ def test_unknown_schedule_settings_are_config_errors():
         SchedulerConfig(name="linear")
     with pytest.raises(ConfigError, match="min_lr_ratio"):
         SchedulerConfig(min_lr_ratio=1.5)
+
+
+@pytest.mark.parametrize("precision, clip, fused", [("32-true", 1.0, True), ("bf16-mixed", 1.0, None),
+                                                    ("bf16-mixed", None, True)])
+def test_fused_adamw_unless_mixed_precision_clips(tmp_path, precision: str, clip: float | None, fused: bool | None):
+    """Lightning refuses to clip gradients under mixed precision with a fused optimizer."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from gptlab.tasks import CausalLMTask
+
+    data = torch.randint(0, 97, (2, 17))
+    task = CausalLMTask({"preset": "nano", "vocab_size": 97, "context_length": 16})
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", precision=precision, gradient_clip_val=clip, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(task, DataLoader(list(zip(data[:, :-1], data[:, 1:])), batch_size=2))
+    assert trainer.optimizers[0].defaults["fused"] is fused
+    assert trainer.global_step == 1

@@ -47,10 +47,10 @@ class _HideTips(logging.Filter):
 
 def check_extras(cfg: DictConfig) -> None:
     """Stop with the ``pip install`` line when the config uses an optional part that is not installed."""
-    targets = " ".join(str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values() if node)
+    targets = " ".join(str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values() if node).lower()
     needs = {
-        "wandb": "WandbLogger" in targets,
-        "tensorboard": "TensorBoardLogger" in targets,
+        "wandb": "wandb" in targets,  # Lightning's WandbLogger or gptlab.loggers.wandb_logger
+        "tensorboard": "tensorboard" in targets,
         "datasets": str(cfg.get("data", {}).get("source", "")).startswith("hf:"),
     }
     for module, extra, used_by in OPTIONAL:

@@ -128,7 +128,11 @@ class GPTTask(L.LightningModule):
     # Training
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_adamw(self, self.optimizer_config)
+        # Lightning refuses gradient clipping under mixed precision with a fused optimizer (it
+        # unscales internally), so mixed-precision runs that clip use the default kernel.
+        trainer = self._trainer
+        clips = trainer is not None and bool(trainer.gradient_clip_val) and "mixed" in str(trainer.precision)
+        optimizer = build_adamw(self, self.optimizer_config, allow_fused=not clips)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.scheduler_config, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -48,12 +48,12 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_adamw(module: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
+def build_adamw(module: nn.Module, cfg: OptimizerConfig, allow_fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over ``parameter_groups``, with the fused kernel (one launch for every tensor) on GPUs
+    and CPUs alike when ``allow_fused``. Sharded (DTensor) parameters keep the default kernel."""
     groups = [g for g in parameter_groups(module, cfg.weight_decay) if g["params"]]
     params = [p for g in groups for p in g["params"]]
-    # The fused kernel (one launch for every tensor) on GPUs and CPUs alike; sharded (DTensor)
-    # parameters keep the default implementation.
-    fused = all(type(p.data) is torch.Tensor and p.device.type in ("cuda", "cpu") for p in params)
+    fused = allow_fused and all(type(p.data) is torch.Tensor and p.device.type in ("cuda", "cpu") for p in params)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
