@@ -6,7 +6,7 @@ lower layer never learns a higher one's names and no import circle can form betw
 
 from __future__ import annotations
 
-import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gptlab"
@@ -23,21 +23,24 @@ RANKS = {
 }
 
 
+#: ``from gptlab.X ...`` or ``import gptlab.X ...`` at any indentation (lazy imports included).
+IMPORT = re.compile(r"^\s*(?:from|import)\s+gptlab\.(\w+)", re.MULTILINE)
+
+
 def imports_by_unit() -> dict[str, set[tuple[str, str]]]:
-    """For each top-level unit of the package, the (module file, imported unit) pairs it holds."""
+    """For each top-level unit of the package, the (module file, imported unit) pairs it holds.
+
+    Read from the source text rather than ``ast``: CPython 3.11's parser state is shared between
+    threads, and a test suite with live server threads can trip it.
+    """
     found: dict[str, set[tuple[str, str]]] = {}
     for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE).with_suffix("").parts
-        unit = parts[0]
+        unit = path.relative_to(PACKAGE).with_suffix("").parts[0]
         if unit == "__init__":  # the public API re-exports from every layer
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
-                     [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
-            for name in names:
-                pieces = name.split(".")
-                if pieces[0] == "gptlab" and len(pieces) > 1 and pieces[1] != unit:
-                    found.setdefault(unit, set()).add((str(path.relative_to(PACKAGE)), pieces[1]))
+        for target in IMPORT.findall(path.read_text()):
+            if target != unit:
+                found.setdefault(unit, set()).add((str(path.relative_to(PACKAGE)), target))
     return found
 
 
