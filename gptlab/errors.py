@@ -15,3 +15,9 @@ class DataError(GptlabError, ValueError):
 
 class CheckpointError(GptlabError, ValueError):
     """A checkpoint or weight file does not match what the run expects."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

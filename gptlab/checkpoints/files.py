@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from gptlab.errors import CheckpointError
+from gptlab.errors import CheckpointError, first_line
 from gptlab.fileio import atomic_directory
 
 #: The two files of a model directory, as in Hugging Face's layout.
@@ -68,7 +68,7 @@ def load_torch_file(path: Path) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as err:  # noqa: BLE001 - unpickling raises many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(
             f"cannot read {path} as a PyTorch checkpoint of tensors ({first}); pass a .ckpt written by "
             "gptlab-train, or re-save it with torch.save(model.state_dict(), path)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptlab.checkpoints.files import CONFIG_FILE, WEIGHTS_FILE
-from gptlab.errors import CheckpointError
+from gptlab.errors import CheckpointError, first_line
 
 #: GPT-2 checkpoints that ``load_pretrained`` downloads by name, and their Hugging Face Hub repos.
 HUB_MODELS: dict[str, str] = {
@@ -40,7 +40,7 @@ def download_gpt2(name: str) -> Path:
         huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, CONFIG_FILE), timeout=_TIMEOUT_S)
         paths = [huggingface_hub.hf_hub_download(repo, f, etag_timeout=_TIMEOUT_S) for f in files]
     except Exception as err:  # noqa: BLE001 - any network/hub failure gets the same advice
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise CheckpointError(
             f"could not download {name} from {HUB_URL}/{repo} ({type(err).__name__}: {reason}); without "
             f"network access, download that repository elsewhere and pass its directory instead, e.g. "
