@@ -50,22 +50,21 @@ def static_decode_step(model: GPT, token: torch.Tensor, position_ids: torch.Tens
     """Next-token logits ``(B, vocab)`` of one new token per row, with shapes that never change.
 
     The token's keys and values are written at cache position ``slot`` (a 1-element tensor) and
-    it attends over the whole cache, ``keys[i]``/``values[i]`` ``(B, heads, S, head_dim)``, where
+    it attends over the whole cache, ``keys[i]``/``values[i]`` ``(B, kv_heads, S, head_dim)``, where
     ``visible`` ``(B, S)`` is true. The block's own modules do the work, so it is ``GPT.forward``
     for one token (in eval mode) with the cache's length fixed at ``S``.
     """
-    x = model.tok_emb(token) + model.pos_emb(position_ids)
+    x = model.embed(token, position_ids)
+    rope = model.rope(position_ids) if model.rope is not None else None
     mask = visible[:, None, None, :]
-    batch = x.shape[0]
     for block, layer_keys, layer_values in zip(model.trf_blocks, keys, values):
         att = block.att
-        h = block.norm1(x)
-        q, k, v = (proj(h).view(batch, 1, att.num_heads, att.head_dim).transpose(1, 2)
-                   for proj in (att.W_query, att.W_key, att.W_value))
+        q, k, v = att.project(block.norm1(x), rope)
         layer_keys.index_copy_(2, slot, k)
         layer_values.index_copy_(2, slot, v)
-        context = F.scaled_dot_product_attention(q, layer_keys, layer_values, attn_mask=mask)
-        x = x + att.out_proj(context.transpose(1, 2).reshape(batch, 1, att.d_out))
+        context = F.scaled_dot_product_attention(q, layer_keys, layer_values, attn_mask=mask,
+                                                 enable_gqa=att.num_kv_heads != att.num_heads)
+        x = x + att.merge_heads(context)
         x = x + block.ff(block.norm2(x))
     return model.out_head(model.final_norm(x))[:, -1]
 

@@ -14,11 +14,12 @@ import torch
 
 from gptlab.checkpoints.files import StateDict, name_some
 from gptlab.errors import CheckpointError, ConfigError
-from gptlab.model.config import GPTConfig
+from gptlab.model.config import ARCHITECTURE_FIELDS, GPTConfig
 from gptlab.model.gpt import GPT
 
-#: Fields that fix tensor shapes: a caller's config and a checkpoint must agree on them.
-SHAPE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers")
+#: What fixes tensor shapes: a caller's config and a checkpoint must agree on them
+#: (``context_length`` only as far as the caller's may be shorter).
+SHAPE_FIELDS = ("context_length", *ARCHITECTURE_FIELDS)
 #: Keys a state dict may carry that are not weights: the book's causal-mask buffers and the
 #: causal-mask buffers of older ``transformers`` GPT-2 checkpoints.
 BUFFER_SUFFIXES = (".att.mask", ".attn.bias", ".attn.masked_bias")

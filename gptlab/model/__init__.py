@@ -3,10 +3,11 @@
 from gptlab.model.attention import KVCache, MultiHeadAttention
 from gptlab.model.config import PRESETS, GPTConfig
 from gptlab.model.gpt import GPT, TransformerBlock
-from gptlab.model.layers import GELU, FeedForward, LayerNorm
+from gptlab.model.layers import GELU, FeedForward, LayerNorm, RMSNorm, SwiGLUFeedForward
+from gptlab.model.rope import RotaryEmbedding
 from gptlab.model.summary import ModelSize, model_size
 
 __all__ = [
     "GELU", "GPT", "PRESETS", "FeedForward", "GPTConfig", "KVCache", "LayerNorm", "ModelSize",
-    "MultiHeadAttention", "TransformerBlock", "model_size",
+    "MultiHeadAttention", "RMSNorm", "RotaryEmbedding", "SwiGLUFeedForward", "TransformerBlock", "model_size",
 ]

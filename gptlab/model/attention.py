@@ -6,6 +6,11 @@ Two interchangeable backends compute the same function:
   on the attention weights; easy to read and to instrument.
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, which dispatches to fused
   (flash / memory-efficient) kernels where the hardware has them.
+
+The Llama-style options are constructor arguments: ``num_kv_heads`` below ``num_heads`` shares
+each key/value head among a group of query heads (grouped-query attention: a smaller KV cache,
+which stores only the key/value heads), ``qk_norm`` normalises queries and keys per head, and
+rotary position embeddings arrive in ``forward`` as the ``rope`` pair of cosines and sines.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from gptlab.model.layers import RMSNorm
+from gptlab.model.rope import apply_rope
 
 
 class LayerKVCache:
@@ -50,8 +58,11 @@ class KVCache:
         ]
 
 
+Rope = tuple[torch.Tensor, torch.Tensor]
+
+
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention over ``num_heads`` heads of size ``d_out // num_heads``.
+    """Causal self-attention over ``num_heads`` heads of size ``head_dim`` (``d_out // num_heads``).
 
     ``attn_mask``, when given, is a boolean tensor broadcastable to ``(B, heads, T, S)`` whose
     ``True`` entries may be attended to (it already contains the causal part). Without it the
@@ -59,34 +70,49 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
-                 qkv_bias: bool = False, backend: str = "sdpa") -> None:
+                 qkv_bias: bool = False, backend: str = "sdpa", num_kv_heads: int | None = None,
+                 head_dim: int | None = None, out_bias: bool = True, qk_norm: bool = False,
+                 norm_eps: float = 1e-6) -> None:
         super().__init__()
-        assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
-        self.d_out = d_out
+        assert head_dim is not None or d_out % num_heads == 0, "d_out must be divisible by num_heads"
         self.num_heads = num_heads
-        self.head_dim = d_out // num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        assert num_heads % self.num_kv_heads == 0, "num_kv_heads must divide num_heads"
+        self.head_dim = head_dim or d_out // num_heads
+        self.d_out = num_heads * self.head_dim  # the width of the concatenated heads
         self.backend = backend
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)
+        self.W_query = nn.Linear(d_in, self.d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(self.d_out, d_out, bias=out_bias)
         self.dropout = nn.Dropout(dropout)
-        # True above the diagonal: the future positions a token must not see (book section 3.5).
-        self.register_buffer(
-            "mask", torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1),
-            persistent=False,
-        )
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+    @staticmethod
+    def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
         b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.view(b, t, heads, -1).transpose(1, 2)
+
+    def project(self, x: torch.Tensor, rope: Rope | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries ``(B, heads, T, head_dim)`` and keys and values ``(B, kv_heads, T, head_dim)``,
+        normalised and rotated as configured: what a KV cache stores."""
+        queries = self._split_heads(self.W_query(x), self.num_heads)
+        keys = self._split_heads(self.W_key(x), self.num_kv_heads)
+        values = self._split_heads(self.W_value(x), self.num_kv_heads)
+        if self.q_norm is not None and self.k_norm is not None:
+            queries, keys = self.q_norm(queries), self.k_norm(keys)
+        if rope is not None:
+            queries, keys = apply_rope(queries, *rope), apply_rope(keys, *rope)
+        return queries, keys, values
+
+    def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
+        """``(B, heads, T, head_dim)`` back to ``(B, T, d_out)``, through the output projection."""
+        b, _, num_tokens, _ = context.shape
+        return self.out_proj(context.transpose(1, 2).reshape(b, num_tokens, self.d_out))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: LayerKVCache | None = None, cache_start: int = 0) -> torch.Tensor:
-        b, num_tokens, _ = x.shape
-        queries = self._split_heads(self.W_query(x))
-        keys = self._split_heads(self.W_key(x))
-        values = self._split_heads(self.W_value(x))
+                cache: LayerKVCache | None = None, cache_start: int = 0, rope: Rope | None = None) -> torch.Tensor:
+        queries, keys, values = self.project(x, rope)
         if cache is not None:
             keys, values = cache.update(cache_start, keys, values)
 
@@ -94,18 +120,31 @@ class MultiHeadAttention(nn.Module):
             context = self._manual_attention(queries, keys, values, attn_mask)
         else:
             context = self._sdpa_attention(queries, keys, values, attn_mask)
-        context = context.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
-        return self.out_proj(context)
+        return self.merge_heads(context)
+
+    @staticmethod
+    def future_mask(num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:
+        """True where a query must not look: keys after its own position (book section 3.5).
+
+        The queries are the last ``num_queries`` of ``num_keys`` positions (the rest are cached).
+        Built per call rather than stored, so a long context costs no ``context x context`` buffer.
+        """
+        offset = num_keys - num_queries
+        return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).triu(offset + 1)
+
+    def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        """Key/value heads repeated so each query head has its own copy (grouped-query attention)."""
+        groups = self.num_heads // self.num_kv_heads
+        return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
     def _manual_attention(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                           attn_mask: torch.Tensor | None) -> torch.Tensor:
         num_queries, num_keys = queries.shape[2], keys.shape[2]
+        keys, values = self._repeat_kv(keys), self._repeat_kv(values)
         attn_scores = queries @ keys.transpose(2, 3)
         if attn_mask is None:
             # Query i sits at absolute position (num_keys - num_queries + i).
-            offset = num_keys - num_queries
-            future = self.mask[offset:offset + num_queries, :num_keys]
-            attn_scores = attn_scores.masked_fill(future, -torch.inf)
+            attn_scores = attn_scores.masked_fill(self.future_mask(num_queries, num_keys, queries.device), -torch.inf)
         else:
             attn_scores = attn_scores.masked_fill(~attn_mask, -torch.inf)
         attn_weights = torch.softmax(attn_scores / math.sqrt(self.head_dim), dim=-1)
@@ -118,10 +157,10 @@ class MultiHeadAttention(nn.Module):
         num_queries, num_keys = queries.shape[2], keys.shape[2]
         if attn_mask is None and num_queries != num_keys and num_queries > 1:
             # A chunk appended to a cache: causal, but offset by the cached length.
-            offset = num_keys - num_queries
-            attn_mask = ~self.mask[offset:offset + num_queries, :num_keys]
+            attn_mask = ~self.future_mask(num_queries, num_keys, queries.device)
         # One new token attends to every cached position: no mask needed at all.
         is_causal = attn_mask is None and num_queries == num_keys and num_queries > 1
         return F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+            queries, keys, values, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+            enable_gqa=self.num_kv_heads != self.num_heads,
         )

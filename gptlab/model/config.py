@@ -11,6 +11,12 @@ from gptlab.errors import ConfigError
 
 AttentionBackend = Literal["sdpa", "manual"]
 WeightInit = Literal["gpt2", "book"]
+Norm = Literal["layernorm", "rmsnorm"]
+MLP = Literal["gelu", "swiglu"]
+PositionEmbedding = Literal["learned", "rope"]
+
+#: The keys of Llama 3's RoPE frequency scaling (``rope_scaling``), as its config names them.
+ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_context_length")
 
 
 @dataclass
@@ -18,7 +24,10 @@ class GPTConfig:
     """Everything that fixes a GPT's shape and behaviour.
 
     The first seven fields are the keys of the book's ``GPT_CONFIG_124M`` dict, so
-    ``GPTConfig(**GPT_CONFIG_124M)`` works as it is.
+    ``GPTConfig(**GPT_CONFIG_124M)`` works as it is. The architecture switches after them each
+    default to GPT-2's choice and flip one at a time, which is how the book's bonus chapters turn
+    GPT-2 into Llama: ``norm=rmsnorm``, ``mlp=swiglu``, ``pos_emb=rope``, ``n_kv_heads`` below
+    ``n_heads`` (grouped-query attention) and the bias switches off.
     """
 
     vocab_size: int = 50257
@@ -29,6 +38,27 @@ class GPTConfig:
     drop_rate: float = 0.1
     qkv_bias: bool = False
     tie_embeddings: bool = False
+    #: ``layernorm`` (GPT-2: scale and shift) | ``rmsnorm`` (Llama: scale only, no mean subtraction).
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    #: ``gelu`` (GPT-2: ``Linear, GELU, Linear``) | ``swiglu`` (Llama: ``fc3(silu(fc1(x)) * fc2(x))``).
+    mlp: MLP = "gelu"
+    #: Width of the feed-forward layer; ``None`` means ``4 * emb_dim``, GPT-2's.
+    hidden_dim: int | None = None
+    #: ``learned`` (GPT-2: a table of position vectors) | ``rope`` (rotary embeddings on queries and keys).
+    pos_emb: PositionEmbedding = "learned"
+    rope_base: float = 10000.0
+    #: Llama 3's RoPE frequency scaling: a dict of ``ROPE_SCALING_KEYS``, or ``None`` for plain RoPE.
+    rope_scaling: dict[str, float] | None = None
+    #: Key/value heads; fewer than ``n_heads`` is grouped-query attention, ``None`` means ``n_heads``.
+    n_kv_heads: int | None = None
+    #: Size of one attention head; ``None`` means ``emb_dim // n_heads`` (Qwen3 sets it larger).
+    head_size: int | None = None
+    #: RMSNorm on each head's queries and keys before RoPE (Qwen3).
+    qk_norm: bool = False
+    #: Bias in the attention's output projection and in the feed-forward layers (GPT-2: yes; Llama: no).
+    out_bias: bool = True
+    mlp_bias: bool = True
     attention: AttentionBackend = "sdpa"
     #: ``gpt2``: GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the residual
     #: projections (attention ``out_proj``, the MLP's output) at 0.02 / sqrt(2 * n_layers). ``book``: PyTorch's
@@ -38,10 +68,10 @@ class GPTConfig:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
-        if self.emb_dim % self.n_heads != 0:
+        if self.head_size is None and self.emb_dim % self.n_heads != 0:
             raise ConfigError(
                 f"model.emb_dim={self.emb_dim} is not divisible by model.n_heads={self.n_heads}; "
-                "pick n_heads that divides emb_dim"
+                "pick n_heads that divides emb_dim (or set model.head_size)"
             )
         if self.attention not in ("sdpa", "manual"):
             raise ConfigError(f"model.attention={self.attention!r} is unknown; use 'sdpa' or 'manual'")
@@ -52,10 +82,44 @@ class GPTConfig:
             raise ConfigError(f"model.weight_init={self.weight_init!r} is unknown; use 'gpt2' or 'book'")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"model.drop_rate must lie in [0, 1), got {self.drop_rate}")
+        self._check_architecture()
+
+    def _check_architecture(self) -> None:
+        for key, allowed in (("norm", Norm), ("mlp", MLP), ("pos_emb", PositionEmbedding)):
+            if getattr(self, key) not in allowed.__args__:
+                raise ConfigError(f"model.{key}={getattr(self, key)!r} is unknown; use one of {list(allowed.__args__)}")
+        for key in ("hidden_dim", "n_kv_heads", "head_size"):
+            value = getattr(self, key)
+            if value is not None and int(value) <= 0:
+                raise ConfigError(f"model.{key} must be a positive integer or null, got {value}")
+        if self.n_heads % self.kv_heads != 0:
+            raise ConfigError(
+                f"model.n_kv_heads={self.n_kv_heads} does not divide model.n_heads={self.n_heads}; "
+                "each key/value head serves a whole group of query heads"
+            )
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ConfigError(f"pos_emb=rope needs an even head size, got {self.head_dim}")
+        if self.rope_scaling is not None:
+            keys = sorted(dict(self.rope_scaling))
+            if keys != sorted(ROPE_SCALING_KEYS):
+                raise ConfigError(f"model.rope_scaling needs exactly the keys {list(ROPE_SCALING_KEYS)}, got {keys}")
+        if self.norm_eps <= 0 or self.rope_base <= 0:
+            raise ConfigError("model.norm_eps and model.rope_base must be positive")
 
     @property
     def head_dim(self) -> int:
-        return self.emb_dim // self.n_heads
+        """Size of one attention head."""
+        return self.head_size if self.head_size is not None else self.emb_dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (``n_heads`` unless grouped-query attention)."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def ff_hidden_dim(self) -> int:
+        """Width of the feed-forward layer."""
+        return self.hidden_dim if self.hidden_dim is not None else 4 * self.emb_dim
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:
@@ -84,6 +148,14 @@ class GPTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: What fixes the model's tensors (fields, and properties that resolve a field's ``None``): a
+#: checkpoint and the config it loads into must agree on all of them.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "emb_dim", "n_heads", "n_layers", "norm", "mlp", "ff_hidden_dim", "pos_emb",
+    "kv_heads", "head_dim", "qk_norm",
+)
 
 
 def _load_presets() -> dict[str, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Model FLOPs per token (the PaLM / nanoGPT count), for throughput and MFU.
 
 Training one token costs 6 FLOPs per weight of every matrix multiply (2 forward, 4 backward)
-plus attention's two ``T x T`` products per layer, ``12 * n_layers * T * emb_dim``. Embedding
+plus attention's two ``T x T`` products per layer, ``12 * n_layers * T * n_heads * head_dim``
+(``emb_dim`` for GPT-2's heads). Embedding
 lookups, norms and activations are not counted, as is customary. The weights are read off the
 model itself, so every architecture variant (another MLP, grouped-query attention, adapters) is
 counted as built.
@@ -30,5 +31,5 @@ def flops_per_token(model: nn.Module, seq_len: int, training: bool = True) -> in
     causal kernel may skip the masked half.
     """
     cfg = model.cfg
-    forward = 2 * matmul_params(model) + 4 * cfg.n_layers * seq_len * cfg.emb_dim
+    forward = 2 * matmul_params(model) + 4 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
     return 3 * forward if training else forward

@@ -8,13 +8,18 @@ import torch
 from torch import nn
 
 from gptlab.errors import ConfigError
-from gptlab.model.attention import KVCache, LayerKVCache, MultiHeadAttention
+from gptlab.model.attention import KVCache, LayerKVCache, MultiHeadAttention, Rope
 from gptlab.model.config import GPTConfig
-from gptlab.model.layers import FeedForward, LayerNorm
+from gptlab.model.layers import make_feed_forward, make_norm
+from gptlab.model.rope import RotaryEmbedding
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LayerNorm block: attention and feed-forward, each wrapped in a shortcut connection."""
+    """Pre-norm block: attention and feed-forward, each wrapped in a shortcut connection.
+
+    The same block is GPT-2's or Llama's depending on the config: which norm, which feed-forward,
+    how many key/value heads, and whether queries and keys are rotated (``rope``).
+    """
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -26,16 +31,21 @@ class TransformerBlock(nn.Module):
             dropout=cfg.drop_rate,
             qkv_bias=cfg.qkv_bias,
             backend=cfg.attention,
+            num_kv_heads=cfg.kv_heads,
+            head_dim=cfg.head_dim,
+            out_bias=cfg.out_bias,
+            qk_norm=cfg.qk_norm,
+            norm_eps=cfg.norm_eps,
         )
-        self.ff = FeedForward(cfg.emb_dim)
-        self.norm1 = LayerNorm(cfg.emb_dim)
-        self.norm2 = LayerNorm(cfg.emb_dim)
+        self.ff = make_feed_forward(cfg)
+        self.norm1 = make_norm(cfg)
+        self.norm2 = make_norm(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: LayerKVCache | None = None, cache_start: int = 0) -> torch.Tensor:
+                cache: LayerKVCache | None = None, cache_start: int = 0, rope: Rope | None = None) -> torch.Tensor:
         shortcut = x
-        x = self.att(self.norm1(x), attn_mask, cache, cache_start)
+        x = self.att(self.norm1(x), attn_mask, cache, cache_start, rope)
         x = self.drop_shortcut(x) + shortcut
 
         shortcut = x
@@ -47,17 +57,20 @@ class GPT(nn.Module):
     """A GPT-2 style decoder-only transformer; ``model(idx)`` returns next-token logits.
 
     Submodule names follow the book (``tok_emb``, ``pos_emb``, ``trf_blocks``, ``final_norm``,
-    ``out_head``), so the book's state dicts load without renaming.
+    ``out_head``), so the book's state dicts load without renaming. With ``pos_emb=rope`` there is
+    no position table: ``rope`` holds the rotation tables every attention layer applies.
     """
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim) if cfg.pos_emb == "learned" else None
+        self.rope = (RotaryEmbedding(cfg.head_dim, cfg.context_length, cfg.rope_base, cfg.rope_scaling)
+                     if cfg.pos_emb == "rope" else None)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.final_norm = make_norm(cfg)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.weight_init == "gpt2":
             self._init_weights()
@@ -76,7 +89,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
         for block in self.trf_blocks:
-            for projection in (block.att.out_proj, block.ff.layers[2]):
+            for projection in (block.att.out_proj, block.ff.output_projection):
                 nn.init.normal_(projection.weight, mean=0.0, std=residual_std)
 
     def forward(self, in_idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -102,8 +115,8 @@ class GPT(nn.Module):
             )
         if position_ids is None:
             position_ids = torch.arange(past, past + num_tokens, device=in_idx.device)
-        x = self.tok_emb(in_idx) + self.pos_emb(position_ids)
-        x = self.drop_emb(x)
+        x = self.embed(in_idx, position_ids)
+        rope = self.rope(position_ids) if self.rope is not None else None
 
         attn_mask = None
         if attention_mask is None and not causal:
@@ -112,12 +125,19 @@ class GPT(nn.Module):
             attn_mask = self.padding_aware_causal_mask(attention_mask, num_tokens, causal)
         for layer, block in enumerate(self.trf_blocks):
             cache = kv_cache.layers[layer] if kv_cache is not None else None
-            x = block(x, attn_mask, cache, past)
+            x = block(x, attn_mask, cache, past, rope)
         if kv_cache is not None:
             kv_cache.length = past + num_tokens
 
         x = self.final_norm(x)
         return self.out_head(x)
+
+    def embed(self, in_idx: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings, plus learned position embeddings unless positions are rotary."""
+        x = self.tok_emb(in_idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)
+        return self.drop_emb(x)
 
     @staticmethod
     def padding_aware_causal_mask(attention_mask: torch.Tensor, num_queries: int, causal: bool = True) -> torch.Tensor:
@@ -143,7 +163,7 @@ class GPT(nn.Module):
         return KVCache(
             n_layers=self.cfg.n_layers,
             batch_size=batch_size,
-            n_heads=self.cfg.n_heads,
+            n_heads=self.cfg.kv_heads,
             max_len=max_len or self.cfg.context_length,
             head_dim=self.cfg.head_dim,
             device=param.device,

@@ -24,8 +24,11 @@ from torch import nn
 
 from gptlab.errors import ConfigError
 
-#: Every linear layer of a GPT block: the attention projections and both feed-forward layers.
-DEFAULT_TARGETS: tuple[str, ...] = ("W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2")
+#: Every linear layer of a GPT block: the attention projections and the feed-forward layers
+#: (GPT-2's two, ``ff.layers.0`` and ``ff.layers.2``, or SwiGLU's three, ``ff.fc1`` to ``ff.fc3``).
+DEFAULT_TARGETS: tuple[str, ...] = (
+    "W_query", "W_key", "W_value", "out_proj", "ff.layers.0", "ff.layers.2", "ff.fc1", "ff.fc2", "ff.fc3",
+)
 
 #: Name pieces of the adapter parameters, used to pick them out of a state dict.
 LORA_PARAM_SUFFIXES: tuple[str, ...] = (".lora_A", ".lora_B")

@@ -28,12 +28,13 @@ from gptlab.checkpoints import TaskCheckpoint, load_pretrained, read_task_checkp
 from gptlab.errors import CheckpointError
 from gptlab.fileio import atomic_directory
 from gptlab.model import GPT, GPTConfig
+from gptlab.model.config import ARCHITECTURE_FIELDS
 from gptlab.model.lora import count_parameters, merge_lora
 from gptlab.tasks.optim import OptimizerConfig, SchedulerConfig, build_adamw, lr_lambda
 from gptlab.tasks.trainable import LoRAConfig, check_trainable_layers, set_trainable
 
 #: Config fields that fix tensor shapes: a checkpoint must agree with the run on all of them.
-_SHAPE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_embeddings")
+_SHAPE_KEYS = ("context_length", *ARCHITECTURE_FIELDS, "qkv_bias", "out_bias", "mlp_bias", "tie_embeddings")
 #: Hooks whose base part must always run; subclasses extend task_state / load_task_state instead.
 _SEALED = ("on_save_checkpoint", "on_load_checkpoint")
 
@@ -176,8 +177,9 @@ class GPTTask(L.LightningModule):
         """Refuse, with a clear message, a checkpoint whose architecture differs from this run's."""
         saved = checkpoint.get("hyper_parameters", {}).get("model")
         if saved is not None:
-            ours = self.model_config.to_dict()
-            diff = {k: (saved.get(k), ours.get(k)) for k in _SHAPE_KEYS if saved.get(k) != ours.get(k)}
+            theirs, ours = GPTConfig.from_dict(dict(saved)), self.model_config
+            diff = {k: (getattr(theirs, k), getattr(ours, k)) for k in _SHAPE_KEYS
+                    if getattr(theirs, k) != getattr(ours, k)}
             if diff:
                 detail = ", ".join(f"{k}: checkpoint {a} vs run {b}" for k, (a, b) in diff.items())
                 raise CheckpointError(
