@@ -168,7 +168,8 @@ def test_config_yaml_shows_every_model_value(finished_run: Path):
     expected = {"vocab_size": 50257, "context_length": 64, "emb_dim": 64, "n_heads": 2, "n_layers": 2}
     assert {key: model[key] for key in expected} == expected
     assert all(type(model[key]) is int for key in expected)
-    assert None not in model.values()
+    assert (model["hidden_dim"], model["n_kv_heads"], model["head_size"]) == (256, 2, 32)  # nano's rules, written out
+    assert [key for key, value in model.items() if value is None] == ["rope_scaling"]  # null is "no scaling"
 
 
 def test_config_yaml_fed_back_rebuilds_the_same_model_in_a_new_run(finished_run: Path, tmp_path: Path):
@@ -209,7 +210,7 @@ def test_help_lists_groups_overrides_and_where_runs_go():
     assert result.returncode == 0, result.stderr
     for group in ("model", "data", "task", "trainer", "logger", "callbacks", "experiment"):
         assert any(line.strip().startswith(group + " ") for line in result.stdout.splitlines()), group
-    assert "model: gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, micro, mini, nano" in result.stdout
+    assert "model: gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, llama-3.2-1b, llama-micro, llama-mini, micro" in result.stdout
     assert "model.n_layers=8" in result.stdout and "runs/DATE/TIME/" in result.stdout
 
 

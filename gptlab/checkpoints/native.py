@@ -41,7 +41,7 @@ def save_model(model: GPT, directory: str | Path) -> Path:
     export there is replaced; any other non-empty directory is refused rather than deleted.
     """
     gpt = unwrap_gpt(model)
-    config = {**gpt.cfg.to_dict(), "tie_embeddings": is_tied(gpt), "format": FORMAT_MARKER}
+    config = {**gpt.cfg.written_out().to_dict(), "tie_embeddings": is_tied(gpt), "format": FORMAT_MARKER}
 
     def write(tmp: Path) -> None:
         safetensors.torch.save_model(gpt, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

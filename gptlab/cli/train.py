@@ -28,6 +28,7 @@ from gptlab.checkpoints import read_task_checkpoint
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import atomic_write_text
 from gptlab.loggers import finish_wandb
+from gptlab.model import GPTConfig
 from gptlab.sweeps import require_plugins
 
 #: Optional parts (module, extra, what needs it): their packages are extras, not dependencies.
@@ -122,7 +123,8 @@ def run_config(cfg: DictConfig) -> DictConfig:
     ``output_dir`` and the paths under it stay ``${...}`` references, and the file carries the
     ``hydra.run``/``hydra.sweep`` settings, so ``--config-path RUN_DIR --config-name config`` starts a
     new run directory instead of writing into this one. ``task.model: ${model}`` stays a reference,
-    so that ``model.*`` overrides of a re-run reach the task.
+    so that ``model.*`` overrides of a re-run reach the task. The model's sizes that a preset leaves
+    to a rule (``hidden_dim: null`` for ``4 * emb_dim``) are written out as numbers.
     """
 
     def keep(raw: Any, resolved: Any) -> Any:
@@ -135,6 +137,10 @@ def run_config(cfg: DictConfig) -> DictConfig:
         return resolved
 
     out = OmegaConf.create(keep(OmegaConf.to_container(cfg), OmegaConf.to_container(cfg, resolve=True)))
+    if "model" in out:
+        model = OmegaConf.to_container(out.model)
+        written = GPTConfig.from_dict(model).written_out().to_dict()
+        out.model = {key: written.get(key, value) for key, value in model.items()}
     defaults = OmegaConf.create((importlib.resources.files("gptlab.conf") / "train.yaml").read_text())
     out.hydra = {key: defaults.hydra[key] for key in ("run", "sweep", "job")}
     return out

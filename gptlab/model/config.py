@@ -149,6 +149,10 @@ class GPTConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def written_out(self) -> GPTConfig:
+        """The same architecture with the sizes that ``None`` stands for written in, as a run records it."""
+        return dataclasses.replace(self, hidden_dim=self.ff_hidden_dim, n_kv_heads=self.kv_heads, head_size=self.head_dim)
+
 
 #: What fixes the model's tensors (fields, and properties that resolve a field's ``None``): a
 #: checkpoint and the config it loads into must agree on all of them.
