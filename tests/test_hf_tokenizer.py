@@ -102,3 +102,23 @@ def test_bad_tokenizer_paths_are_one_line_errors(tmp_path: Path, tokenizer_dir: 
     (tmp_path / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
     with pytest.raises(ConfigError, match=r"needs the 'tokenizers' package: pip install 'gptlab\[hf\]'"):
         get_tokenizer(str(tmp_path))
+
+
+def test_generate_uses_the_model_directorys_own_tokenizer(tokenizer_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture):
+    import torch
+
+    from gptlab import GPT, GPTConfig, generate
+    from gptlab.checkpoints import export_hf
+    from gptlab.cli.generate import main as generate_main
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("llama-micro", vocab_size=500, context_length=64)).eval()
+    directory = export_hf(model, tmp_path / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (directory / name).write_bytes((tokenizer_dir / name).read_bytes())
+
+    assert generate_main([str(directory), "--prompt", "I HAD always thought", "--max-new-tokens", "8", "--no-eos"]) == 0
+    tokenizer = get_tokenizer(str(tokenizer_dir))
+    expected = generate(model, torch.tensor([tokenizer.encode("I HAD always thought")]), 8)
+    assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
