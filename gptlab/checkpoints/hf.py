@@ -57,7 +57,7 @@ def config_from_hf(hf_config: dict[str, Any], source: str = CONFIG_FILE) -> GPTC
             qkv_bias=True,
             tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
             norm_eps=float(hf_config.get("layer_norm_epsilon", 1e-5)),
-            hidden_dim=hf_config.get("n_inner"),
+            hidden_dim=None if hf_config.get("n_inner") in (None, 4 * emb) else int(hf_config["n_inner"]),
             name=Path(str(hf_config.get("_name_or_path") or "gpt2")).name or "gpt2",
         )
     except KeyError as err:
