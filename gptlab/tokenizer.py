@@ -1,4 +1,5 @@
-"""Tokenizers (book chapter 2): GPT-2's BPE, built offline, and a byte-level one for tiny runs.
+"""Tokenizers (book chapter 2): GPT-2's BPE, built offline, a byte-level one for tiny runs, and a
+model directory's own ``tokenizer.json`` (Llama, Qwen...) through Hugging Face's ``tokenizers``.
 
 ``TextEncoding`` turns texts into a classifier's padded batches; training and inference share it.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.resources
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -122,16 +124,89 @@ def gpt2_encoding() -> tiktoken.Encoding:
     )
 
 
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json``, read offline with the ``tokenizers`` library.
+
+    ``encode`` adds no special tokens (no BOS): gptlab joins encoded pieces itself, as with GPT-2.
+    The text ``<|endoftext|>``, gptlab's document separator, becomes ``eot_id``. ``eot_id`` is, in
+    this order, ``tokenizer_config.json``'s ``eos_token``, ``generation_config.json``'s then
+    ``config.json``'s ``eos_token_id`` (the first, if a list), else an ``<|endoftext|>`` token.
+    ``name`` is the directory's absolute path, so ``get_tokenizer(name)`` rebuilds it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            import tokenizers
+        except ImportError:
+            raise ConfigError(f"{directory}'s tokenizer needs the 'tokenizers' package: pip install 'gptlab[hf]'") from None
+        self.name = str(directory)
+        try:
+            self.tokenizer = tokenizers.Tokenizer.from_file(str(directory / HF_TOKENIZER_FILE))
+        except Exception as err:  # noqa: BLE001 - the Rust side raises a bare Exception
+            raise ConfigError(f"cannot read {directory / HF_TOKENIZER_FILE}: {str(err).splitlines()[0]}") from None
+        self.vocab_size = max(self.tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+        self.eot_id = self._eos_id(directory)
+
+    #: Where the end-of-text token is looked up, in this order, and under which key.
+    EOS_SOURCES = {"tokenizer_config.json": "eos_token", "generation_config.json": "eos_token_id",
+                   "config.json": "eos_token_id"}
+
+    def _eos_id(self, directory: Path) -> int:
+        for file, key in self.EOS_SOURCES.items():
+            value = _json_object(directory / file).get(key)
+            value = value[0] if isinstance(value, list) and value else value
+            value = value.get("content") if isinstance(value, dict) else value
+            found = self.tokenizer.token_to_id(value) if isinstance(value, str) else value
+            if isinstance(found, int):
+                return found
+        found = self.tokenizer.token_to_id(END_OF_TEXT)
+        if found is None:
+            raise ConfigError(f"{directory} names no end-of-text token; set eos_token in its tokenizer_config.json")
+        return found
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for i, piece in enumerate(text.split(END_OF_TEXT)):
+            ids.extend([self.eot_id] * bool(i) + self.tokenizer.encode(piece, add_special_tokens=False).ids)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    return value if isinstance(value, dict) else {}
+
+
 TOKENIZERS = ("gpt2", "byte")
+#: The file that makes a directory a tokenizer (``data.tokenizer=/path/to/model-dir``).
+HF_TOKENIZER_FILE = "tokenizer.json"
 
 
 def get_tokenizer(name: str = "gpt2") -> Tokenizer:
-    """A tokenizer by name: ``gpt2`` (BPE, 50,257 ids) or ``byte`` (257 ids)."""
+    """A tokenizer by name: ``gpt2`` (BPE, 50,257 ids), ``byte`` (257 ids), or a path to a model
+    directory holding a Hugging Face ``tokenizer.json`` (or to that file)."""
     if name == "gpt2":
         return BPETokenizer(gpt2_encoding(), "gpt2")
     if name == "byte":
         return ByteTokenizer()
-    raise ConfigError(f"unknown tokenizer {name!r}; valid tokenizers: {', '.join(TOKENIZERS)}")
+    path = Path(name).expanduser().resolve()
+    path = path.parent if path.name == HF_TOKENIZER_FILE else path
+    if (path / HF_TOKENIZER_FILE).is_file():
+        files = (path / f for f in (HF_TOKENIZER_FILE, *HFTokenizer.EOS_SOURCES))
+        return _hf_tokenizer(path, tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else None for f in files))
+    raise ConfigError(
+        f"unknown tokenizer {name!r}; valid tokenizers: {', '.join(TOKENIZERS)}, or a directory with a {HF_TOKENIZER_FILE}"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_tokenizer(directory: Path, versions: tuple[Any, ...]) -> HFTokenizer:
+    return HFTokenizer(directory)  # read once per version of its files: a large vocabulary takes a while
 
 
 #: ``longest`` (the longest training text), ``max_length``, a length, or ``None`` (no padding).

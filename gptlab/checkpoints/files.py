@@ -16,6 +16,10 @@ from gptlab.fileio import atomic_directory
 #: The two files of a model directory, as in Hugging Face's layout.
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: Hugging Face's list of shards, for checkpoints split over several ``.safetensors`` files.
+INDEX_FILE = "model.safetensors.index.json"
+#: The weights file of older Hub checkpoints.
+LEGACY_WEIGHTS_FILE = "pytorch_model.bin"
 
 StateDict = dict[str, torch.Tensor]
 
@@ -82,3 +86,30 @@ def export_directory(directory: str | Path, write: Callable[[Path], None],
         return atomic_directory(directory, write, replaceable)
     except FileExistsError as err:
         raise CheckpointError(f"cannot export to {directory}: {err}; pick an empty or new directory") from None
+
+
+def read_hf_weights(directory: Path, family: str) -> tuple[StateDict, Path]:
+    """A Hugging Face directory's tensors and the file they came from.
+
+    ``model.safetensors``; else the shards ``model.safetensors.index.json`` lists (its
+    ``weight_map``, each file read once); else the older ``pytorch_model.bin``.
+    """
+    if (directory / WEIGHTS_FILE).is_file():
+        return read_safetensors(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE
+    if (directory / INDEX_FILE).is_file():
+        weight_map = read_json(directory / INDEX_FILE).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{directory / INDEX_FILE} has no weight_map of tensor names to files")
+        state: StateDict = {}
+        for shard in sorted(set(map(str, weight_map.values()))):
+            state.update(read_safetensors(directory / shard))
+        missing = sorted(set(weight_map) - set(state))
+        if missing:
+            raise CheckpointError(f"{directory / INDEX_FILE} lists tensors no shard holds: {name_some(missing)}")
+        return state, directory / INDEX_FILE
+    if (directory / LEGACY_WEIGHTS_FILE).is_file():
+        return load_torch_file(directory / LEGACY_WEIGHTS_FILE), directory / LEGACY_WEIGHTS_FILE
+    raise CheckpointError(
+        f"{directory} has a {family} {CONFIG_FILE} but no weights: expected {WEIGHTS_FILE}, {INDEX_FILE} "
+        f"(with its shards) or {LEGACY_WEIGHTS_FILE}"
+    )

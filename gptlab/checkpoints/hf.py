@@ -1,7 +1,8 @@
 """Hugging Face GPT-2 directories: import (``load_hf_directory``) and export (``export_hf``).
 
-The tensor names go through the one table in ``hf_names``; this module adds the configs
-(``config.json`` of ``GPT2Config``) and the files.
+The tensor names go through the GPT-2 table in ``hf_names``; this module adds the configs
+(``config.json`` of ``GPT2Config``) and the files. ``export_hf`` writes a Llama directory
+(``hf_llama``) instead when the model is Llama-shaped rather than GPT-2-shaped.
 """
 
 from __future__ import annotations
@@ -18,24 +19,20 @@ from gptlab.checkpoints.files import (
     WEIGHTS_FILE,
     StateDict,
     export_directory,
-    json_field,
-    load_torch_file,
+    read_hf_weights,
     read_json,
-    read_safetensors,
     write_json,
 )
-from gptlab.checkpoints.hf_names import from_hf_state_dict, to_hf_state_dict
-from gptlab.checkpoints.state import is_tied, merge_config, model_from_state_dict, unwrap_gpt
-from gptlab.errors import CheckpointError
+from gptlab.checkpoints.hf_llama import export_llama, llama_model_type
+from gptlab.checkpoints.hf_names import default_eos_id, is_hf_export, load_hf_state, to_hf_state_dict
+from gptlab.checkpoints.state import is_tied, unwrap_gpt
+from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.config import GPTConfig
 from gptlab.model.gpt import GPT
 
-#: The weights file of older Hub checkpoints.
-LEGACY_WEIGHTS_FILE = "pytorch_model.bin"
 #: GPT-2 settings gptlab's GPT does not implement: the key, its default, and the values it accepts.
 _FIXED: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "activation_function": ("gelu_new", ("gelu_new", "gelu_pytorch_tanh")),
-    "layer_norm_epsilon": (1e-5, (1e-5,)),
     "scale_attn_weights": (True, (True,)),
     "scale_attn_by_inverse_layer_idx": (False, (False,)),
     "add_cross_attention": (False, (False,)),
@@ -59,13 +56,16 @@ def config_from_hf(hf_config: dict[str, Any], source: str = CONFIG_FILE) -> GPTC
             drop_rate=0.0,
             qkv_bias=True,
             tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
+            norm_eps=float(hf_config.get("layer_norm_epsilon", 1e-5)),
+            hidden_dim=None if hf_config.get("n_inner") in (None, 4 * emb) else int(hf_config["n_inner"]),
             name=Path(str(hf_config.get("_name_or_path") or "gpt2")).name or "gpt2",
         )
     except KeyError as err:
         raise CheckpointError(f"{source}: GPT-2 config lacks {err.args[0]!r}") from None
-    checks = {key: (hf_config.get(key, default), allowed) for key, (default, allowed) in _FIXED.items()}
-    checks["n_inner"] = (hf_config.get("n_inner"), (None, 4 * emb))
-    for key, (value, allowed) in checks.items():
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: not a config gptlab's GPT can build: {err}") from None
+    for key, (default, allowed) in _FIXED.items():
+        value = hf_config.get(key, default)
         if value not in allowed:
             raise CheckpointError(f"{source}: {key}={value!r} is not supported (gptlab's GPT implements {allowed[0]!r})")
     return cfg
@@ -73,7 +73,7 @@ def config_from_hf(hf_config: dict[str, Any], source: str = CONFIG_FILE) -> GPTC
 
 def hf_config_dict(config: GPTConfig, tied: bool = True, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """A ``transformers`` ``GPT2Config`` dict describing a gptlab architecture."""
-    eos = 50256 if config.vocab_size > 50256 else config.vocab_size - 1
+    eos = default_eos_id(config.vocab_size)
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -83,7 +83,8 @@ def hf_config_dict(config: GPTConfig, tied: bool = True, dtype: torch.dtype = to
         "n_embd": config.emb_dim,
         "n_layer": config.n_layers,
         "n_head": config.n_heads,
-        "n_inner": None,
+        "n_inner": None if config.ff_hidden_dim == 4 * config.emb_dim else config.ff_hidden_dim,
+        "layer_norm_epsilon": config.norm_eps,
         **{key: default for key, (default, _) in _FIXED.items()},
         "resid_pdrop": config.drop_rate,
         "embd_pdrop": config.drop_rate,
@@ -98,15 +99,33 @@ def hf_config_dict(config: GPTConfig, tied: bool = True, dtype: torch.dtype = to
     }
 
 
-def export_hf(model: GPT, directory: str | Path) -> Path:
-    """Write ``model`` as a Hugging Face GPT-2 directory that ``GPT2LMHeadModel.from_pretrained`` loads.
+def is_gpt2_shaped(config: GPTConfig) -> bool:
+    """Whether ``GPT2LMHeadModel`` computes the same function as a GPT of ``config``."""
+    return ((config.norm, config.mlp, config.pos_emb) == ("layernorm", "gelu", "learned")
+            and config.kv_heads == config.n_heads and config.head_dim * config.n_heads == config.emb_dim
+            and not config.qk_norm)
 
-    Every gptlab GPT is expressible as a GPT-2: a model without qkv biases is written with zero
-    biases (the same function), and an untied output head is written as ``lm_head.weight`` with
-    ``tie_word_embeddings: false``. The tokenizer is not written; GPT-2's is ``gpt2`` on the Hub.
-    Writing is atomic, as in ``save_model``.
+
+def export_hf(model: GPT, directory: str | Path) -> Path:
+    """Write ``model`` as a Hugging Face directory that ``transformers`` loads with the same logits.
+
+    A GPT-2-shaped model (LayerNorm, GELU, learned positions, plain multi-head attention) becomes a
+    ``GPT2LMHeadModel`` directory: biases it lacks are written as zeros (the same function), and
+    an untied output head as ``lm_head.weight`` with ``tie_word_embeddings: false``. A Llama-shaped
+    one (RMSNorm, SwiGLU, RoPE; any number of key/value heads) becomes a ``LlamaForCausalLM``
+    directory, or ``Qwen3ForCausalLM`` with ``qk_norm``. Other mixtures have no ``transformers``
+    class and are refused. The tokenizer is not written. Writing is atomic, as in ``save_model``.
     """
     gpt = unwrap_gpt(model)
+    if not is_gpt2_shaped(gpt.cfg):
+        if llama_model_type(gpt.cfg) is None:
+            cfg = gpt.cfg
+            raise CheckpointError(
+                f"no transformers model computes norm={cfg.norm}, mlp={cfg.mlp}, pos_emb={cfg.pos_emb}, "
+                f"n_kv_heads={cfg.kv_heads}, qk_norm={cfg.qk_norm}: export_hf writes GPT-2 (layernorm, gelu, learned, "
+                "multi-head) or Llama (rmsnorm, swiglu, rope); use save_model for gptlab's own format"
+            )
+        return export_llama(gpt, directory)
     tied = is_tied(gpt)
     state = {k: v.cpu() for k, v in gpt.state_dict().items() if not (tied and k == "out_head.weight")}
     hf_state = to_hf_state_dict(state, gpt.cfg.n_layers)
@@ -116,38 +135,16 @@ def export_hf(model: GPT, directory: str | Path) -> Path:
         save_file(hf_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         write_json(tmp / CONFIG_FILE, config)
 
-    return export_directory(directory, write, lambda d: json_field(d / CONFIG_FILE, "model_type") == "gpt2")
+    return export_directory(directory, write, is_hf_export)
 
 
 def load_hf_directory(directory: str | Path, config: GPTConfig | None = None) -> GPT:
-    """Load a ``transformers`` GPT-2 directory (``model.safetensors`` or ``pytorch_model.bin``)."""
+    """Load a ``transformers`` GPT-2 directory (``model.safetensors``, its shards, or ``pytorch_model.bin``)."""
     directory = Path(directory).expanduser()
-    if (directory / WEIGHTS_FILE).is_file():
-        path = directory / WEIGHTS_FILE
-        hf_state = read_safetensors(path)
-    elif (directory / LEGACY_WEIGHTS_FILE).is_file():
-        path = directory / LEGACY_WEIGHTS_FILE
-        hf_state = load_torch_file(path)
-    else:
-        raise CheckpointError(
-            f"{directory} has a GPT-2 {CONFIG_FILE} but neither {WEIGHTS_FILE} nor {LEGACY_WEIGHTS_FILE} "
-            "(sharded checkpoints are not supported)"
-        )
+    hf_state, path = read_hf_weights(directory, "GPT-2")
     hf_config = read_json(directory / CONFIG_FILE)
     hf_config["_name_or_path"] = hf_config.get("_name_or_path") or directory.name
     return load_hf_state(hf_state, config_from_hf(hf_config, str(directory / CONFIG_FILE)), config, str(path))
-
-
-def load_hf_state(hf_state: StateDict, source_cfg: GPTConfig, config: GPTConfig | None, source: str) -> GPT:
-    """A ``GPT`` from GPT-2 tensors of architecture ``source_cfg``, merged with the caller's ``config``."""
-    state = from_hf_state_dict(hf_state, source_cfg.n_layers)
-    if not source_cfg.tie_embeddings and "out_head.weight" not in state:
-        raise CheckpointError(f"{source}: tie_word_embeddings is false but there is no lm_head.weight")
-    cfg = merge_config(source_cfg, config, source, can_untie=True)
-    if not cfg.tie_embeddings and "out_head.weight" not in state:
-        # As the book's load_weights_into_gpt does: the untied head starts as a copy of the embedding.
-        state["out_head.weight"] = state["tok_emb.weight"].clone()
-    return model_from_state_dict(state, cfg, source)
 
 
 def hf_config_for_state(state: StateDict, config: GPTConfig) -> GPTConfig:

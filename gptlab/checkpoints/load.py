@@ -4,7 +4,7 @@ The sources, and the module that reads each:
 
 * a GPT-2 name (``gpt2``, ``gpt2-medium``...): ``hub`` downloads it, ``hf`` imports it;
 * a gptlab export (``config.json`` with ``"format": "gptlab"``): ``native``;
-* a Hugging Face GPT-2 directory: ``hf``;
+* a Hugging Face GPT-2 directory: ``hf``; a Llama or Qwen3 one: ``hf_llama``;
 * a run directory: its ``model/`` export, else ``checkpoints/last.ckpt``;
 * a gptlab task checkpoint (``.ckpt``): ``task``;
 * the book's ``model.pth`` (a bare ``model.state_dict()`` or ``{"model_state_dict": ...}``), or
@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints.files import CONFIG_FILE, load_torch_file, read_json, read_safetensors
-from gptlab.checkpoints.hf import config_from_hf, hf_config_for_state, load_hf_directory, load_hf_state
+from gptlab.checkpoints.hf import config_from_hf, hf_config_for_state, load_hf_directory
+from gptlab.checkpoints.hf_llama import LLAMA_TYPES, load_llama_directory
+from gptlab.checkpoints.hf_names import load_hf_state
 from gptlab.checkpoints.hub import HUB_MODELS, download_gpt2
 from gptlab.checkpoints.native import FORMAT_MARKER, is_native_export, load_model
 from gptlab.checkpoints.state import config_from_dict, merge_config, merge_lora_weights, model_from_state_dict
@@ -41,18 +43,20 @@ def load_pretrained(source: str | Path, config: GPTConfig | None = None) -> GPT:
 
     * a GPT-2 name (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``), downloaded once from
       the Hugging Face Hub into its cache;
-    * a directory: a Hugging Face GPT-2 one, a gptlab export, or a run directory (its ``model/``
+    * a directory: a Hugging Face GPT-2, Llama or Qwen3 one (``config.json`` and
+      ``model.safetensors`` or its shards), a gptlab export, or a run directory (its ``model/``
       export, else ``checkpoints/last.ckpt``);
     * a file: a gptlab task's ``.ckpt``, or a state dict (``.pth``/``.pt``/``.bin``/``.safetensors``)
       such as the book's ``model.pth``, which needs ``config`` since it carries no architecture.
 
     ``config`` is the caller's model config. Where the source describes its own architecture,
-    ``vocab_size``, ``emb_dim``, ``n_heads`` and ``n_layers`` must match it (``context_length``
-    may be smaller: the position table is cropped), ``qkv_bias`` is the source's, ``tie_embeddings``
+    its architecture fields (``vocab_size``, ``emb_dim``, ``n_heads``, ``n_layers``, ``norm``, ``mlp``,
+    ``pos_emb``, the key/value heads...) must match it (``context_length`` may be smaller: the
+    position table is cropped), the biases and RoPE settings are the source's, ``tie_embeddings``
     is the source's unless the source is tied and ``config`` asks for an untied head (which then
     starts as a copy of the embedding, as in the book's ``load_weights_into_gpt``), and
-    ``drop_rate`` and ``attention`` are the caller's. Without ``config``, imported GPT-2 weights
-    get ``drop_rate=0.0`` and gptlab's own formats keep their saved settings.
+    ``drop_rate`` and ``attention`` are the caller's. Without ``config``, imported Hugging Face
+    weights get ``drop_rate=0.0`` and gptlab's own formats keep their saved settings.
     """
     if isinstance(source, str) and source in HUB_MODELS:
         model = load_hf_directory(download_gpt2(source), config)
@@ -106,8 +110,10 @@ def _load_directory(path: Path, config: GPTConfig | None) -> GPT:
             return load_model(path, config)
         if saved.get("model_type") == "gpt2" or "n_embd" in saved:
             return load_hf_directory(path, config)
+        if saved.get("model_type") in LLAMA_TYPES:
+            return load_llama_directory(path, config)
         raise CheckpointError(
-            f"{path / CONFIG_FILE} is neither a gptlab export nor a GPT-2 config "
+            f"{path / CONFIG_FILE} is neither a gptlab export nor a GPT-2, Llama or Qwen3 config "
             f"(model_type {saved.get('model_type')!r})"
         )
     if is_native_export(path / "model"):
@@ -116,8 +122,8 @@ def _load_directory(path: Path, config: GPTConfig | None) -> GPT:
     if last.is_file():
         return _load_file(last, config)
     raise CheckpointError(
-        f"{path} holds no model: expected {CONFIG_FILE} (a gptlab export or a Hugging Face GPT-2 "
-        "directory), or a run directory with model/ or checkpoints/last.ckpt"
+        f"{path} holds no model: expected {CONFIG_FILE} (a gptlab export or a Hugging Face GPT-2, Llama "
+        "or Qwen3 directory), or a run directory with model/ or checkpoints/last.ckpt"
     )
 
 

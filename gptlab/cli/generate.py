@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TextIO
 
 import torch
@@ -20,7 +21,7 @@ from gptlab.cli import run_command
 from gptlab.errors import ConfigError
 from gptlab.generate import stream_tokens
 from gptlab.model.gpt import GPT
-from gptlab.tokenizer import TOKENIZERS, ByteTokenizer, Tokenizer, get_tokenizer
+from gptlab.tokenizer import HF_TOKENIZER_FILE, TOKENIZERS, ByteTokenizer, Tokenizer, get_tokenizer
 
 PROG = "gptlab-generate"
 #: Tokens whose text is held back at most, waiting for the rest of a split UTF-8 character.
@@ -112,8 +113,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int)
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling, for reproducible output")
     parser.add_argument("--eos", action=argparse.BooleanOptionalAction, default=True,
                         help="stop at <|endoftext|> (default: on)")
-    parser.add_argument("--tokenizer", choices=TOKENIZERS, default=None,
-                        help="default: byte for a 257-token vocabulary, else gpt2")
+    parser.add_argument("--tokenizer", default=None,
+                        help=f"{', '.join(TOKENIZERS)} or a directory with a tokenizer.json (default: the model "
+                             "directory's own tokenizer.json, else byte for a 257-token vocabulary, else gpt2)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                         help="print tokens as they are generated (default: on)")
@@ -140,12 +142,13 @@ def load_for_generation(source: str, tokenizer_name: str | None, device: str) ->
         raise ConfigError(f"--device {device!r} is not a valid device: {err}") from None
     model = load_pretrained(source).to(torch_device).eval()
     vocab = model.cfg.vocab_size
-    name = tokenizer_name or ("byte" if vocab == ByteTokenizer.vocab_size else "gpt2")
+    own = Path(source).expanduser() / HF_TOKENIZER_FILE
+    name = tokenizer_name or (str(own.parent) if own.is_file() else "byte" if vocab == ByteTokenizer.vocab_size else "gpt2")
     tokenizer = get_tokenizer(name)
     if tokenizer.vocab_size > vocab:
         raise ConfigError(
             f"tokenizer {name!r} has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab}; "
-            f"pick the tokenizer the model was trained with (--tokenizer {{{','.join(TOKENIZERS)}}})"
+            f"pick the tokenizer the model was trained with (--tokenizer {', '.join(TOKENIZERS)} or a directory)"
         )
     return model, tokenizer
 
