@@ -1,0 +1,74 @@
+"""A model directory's own tokenizer (Llama, Qwen...): its ``tokenizer.json``, read offline with
+Hugging Face's ``tokenizers`` library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from gptlab.errors import ConfigError
+from gptlab.tokenizer.bpe import END_OF_TEXT
+
+#: The file that makes a directory a tokenizer (``data.tokenizer=/path/to/model-dir``).
+HF_TOKENIZER_FILE = "tokenizer.json"
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json``, read offline with the ``tokenizers`` library.
+
+    ``encode`` adds no special tokens (no BOS): gptlab joins encoded pieces itself, as with GPT-2.
+    The text ``<|endoftext|>``, gptlab's document separator, becomes ``eot_id``. ``eot_id`` is, in
+    this order, ``tokenizer_config.json``'s ``eos_token``, ``generation_config.json``'s then
+    ``config.json``'s ``eos_token_id`` (the first, if a list), else an ``<|endoftext|>`` token.
+    ``name`` is the directory's absolute path, so ``get_tokenizer(name)`` rebuilds it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            import tokenizers
+        except ImportError:
+            raise ConfigError(f"{directory}'s tokenizer needs the 'tokenizers' package: pip install 'gptlab[hf]'") from None
+        self.name = str(directory)
+        try:
+            self.tokenizer = tokenizers.Tokenizer.from_file(str(directory / HF_TOKENIZER_FILE))
+        except Exception as err:  # noqa: BLE001 - the Rust side raises a bare Exception
+            raise ConfigError(f"cannot read {directory / HF_TOKENIZER_FILE}: {str(err).splitlines()[0]}") from None
+        self.vocab_size = max(self.tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+        self.eot_id = self._eos_id(directory)
+
+    #: Where the end-of-text token is looked up, in this order, and under which key.
+    EOS_SOURCES = {"tokenizer_config.json": "eos_token", "generation_config.json": "eos_token_id",
+                   "config.json": "eos_token_id"}
+
+    def _eos_id(self, directory: Path) -> int:
+        for file, key in self.EOS_SOURCES.items():
+            value = _json_object(directory / file).get(key)
+            value = value[0] if isinstance(value, list) and value else value
+            value = value.get("content") if isinstance(value, dict) else value
+            found = self.tokenizer.token_to_id(value) if isinstance(value, str) else value
+            if isinstance(found, int):
+                return found
+        found = self.tokenizer.token_to_id(END_OF_TEXT)
+        if found is None:
+            raise ConfigError(f"{directory} names no end-of-text token; set eos_token in its tokenizer_config.json")
+        return found
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for i, piece in enumerate(text.split(END_OF_TEXT)):
+            ids.extend([self.eot_id] * bool(i) + self.tokenizer.encode(piece, add_special_tokens=False).ids)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    return value if isinstance(value, dict) else {}
+
+
