@@ -214,3 +214,15 @@ def test_classifying_with_a_llama_model(pretrained, shared_data: Path):
     torch.testing.assert_close(exported, checkpoint, atol=1e-6, rtol=1e-5)
     config = json.loads((run_dir / "model" / "config.json").read_text())
     assert config["pos_emb"] == "rope" and config["tie_embeddings"] is False
+
+
+@pytest.mark.slow
+def test_sharded_llama_training_on_two_cpu_processes_prints_samples(tmp_path: Path):
+    """FSDP2 shards each block over both processes; decoding the sample needs every rank's shards."""
+    run_dir = tmp_path / "sharded"
+    result = train(run_dir, "debug=smoke", "trainer=fully_shard", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "data.batch_size=2", "callbacks.sample.max_new_tokens=4", "callbacks.loss_plot=null",
+                   "callbacks.activation_checkpointing.enabled=true")
+    assert len([line for line in result.stdout.splitlines() if line.startswith("[step ")]) == 2  # rank zero's
+    final_metrics(run_dir, "train/loss", "val/loss")
+    assert load_pretrained(run_dir).cfg.kv_heads == 2
