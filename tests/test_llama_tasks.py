@@ -190,12 +190,13 @@ def test_instruction_tuning_a_llama_model_with_lora(instructed):
 @pytest.mark.slow
 def test_preference_tuning_a_llama_model_with_dpo(instructed, shared_data: Path):
     run_dir = instructed[0].parent / "dpo"
-    train(run_dir, "experiment=dpo_scratch", f"task.init={instructed[0]}",
-          f"data.path={shared_data / 'instruction-data-with-preference.json'}", f"data.cache_dir={run_dir.parent}",
-          "trainer.max_steps=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-          "trainer.val_check_interval=2")
+    result = train(run_dir, "experiment=dpo_scratch", f"task.init={instructed[0]}",
+                   f"data.path={shared_data / 'instruction-data-with-preference.json'}",
+                   f"data.cache_dir={run_dir.parent}", "trainer.max_steps=2", "trainer.limit_train_batches=2",
+                   "trainer.limit_val_batches=1", "trainer.val_check_interval=2")
     metrics = final_metrics(run_dir, "train/loss", "val/loss", "val/rewards/margins")
     assert metrics["val/loss"] < 1.0  # near log 2 after two steps from the reference
+    assert f"final val/loss {metrics['val/loss']:.3f} at step 2" in result.stdout  # no 'perplexity' of a DPO loss
     assert_export_reloads_like_its_checkpoint(run_dir)
 
 
