@@ -84,7 +84,10 @@ def test_swiglu_is_the_gated_formula_written_out():
 
 @pytest.mark.parametrize("scaling", [None, SMALL_SCALING], ids=["plain", "llama3"])
 def test_rope_equals_transformers_llama_rotary_embedding(scaling):
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+    from transformers.models.llama.modeling_llama import (
+        LlamaRotaryEmbedding,
+        apply_rotary_pos_emb,
+    )
 
     head_dim, base = 8, 10000.0
     torch.manual_seed(0)
