@@ -77,3 +77,18 @@ def test_summary_command_repeats_the_sample_prompt_and_decoding():
 def test_summary_command_of_greedy_sampling_has_no_sampling_flags():
     trainer, _ = fake_run(byte_model(), callbacks=[GenerateSample(prompt="Hi", temperature=0.0)])
     assert RunSummary.generate_command(trainer, "run") == "gptlab-generate run --prompt Hi --max-new-tokens 50"
+
+
+def test_every_rank_decodes_and_only_rank_zero_prints(capsys):
+    # A sharded model gathers its weights from all ranks: each rank must run the same forwards.
+    calls = []
+    model = byte_model()
+    model.register_forward_hook(lambda *_: calls.append(1))
+    sampler = GenerateSample(max_new_tokens=3, temperature=0.0)
+    for rank in (1, 0):
+        trainer, module = fake_run(model, sample_prompt="Hi")
+        trainer.sanity_checking, trainer.global_rank, trainer.global_step = False, rank, 2
+        trainer.progress_bar_callback = None
+        sampler.on_validation_end(trainer, module)
+        assert len(calls) == 3 * (2 - rank)  # three one-token steps per rank
+        assert capsys.readouterr().out == ("" if rank else f"[step 2] {sampler.last_sample}\n")

@@ -210,7 +210,8 @@ def test_help_lists_groups_overrides_and_where_runs_go():
     assert result.returncode == 0, result.stderr
     for group in ("model", "data", "task", "trainer", "logger", "callbacks", "experiment"):
         assert any(line.strip().startswith(group + " ") for line in result.stdout.splitlines()), group
-    assert "model: gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, llama-3.2-1b, llama-micro, llama-mini, micro" in result.stdout
+    assert ("model: gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, llama-3.2-1b, llama-micro, llama-mini, micro, mini, "
+            "nano, qwen3-0.6b") in result.stdout
     assert "model.n_layers=8" in result.stdout and "runs/DATE/TIME/" in result.stdout
 
 

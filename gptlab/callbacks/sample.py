@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.generate import generate
 
@@ -59,12 +58,13 @@ class GenerateSample(L.Callback):
             new = new[: new.index(tokenizer.eot_id)]
         return " ".join(f"{prompt or ''}{tokenizer.decode(new)}".split())
 
-    @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not getattr(pl_module, "generates_text", False):
             return
+        # Every rank decodes, rank zero prints: a sharded model (trainer=fsdp, fully_shard) gathers
+        # each block's weights from all ranks, so decoding on rank zero alone would wait forever.
         text = self.sample(trainer, pl_module)
-        if text is None:
+        if text is None or trainer.global_rank != 0:
             return
         self.last_sample = text
         message = f"[step {trainer.global_step}] {text}"

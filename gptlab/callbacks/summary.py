@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shlex
 import time
 from pathlib import Path
@@ -49,9 +48,9 @@ class RunSummary(L.Callback):
         val = trainer.callback_metrics.get(self.val_key)
         if val is not None:
             loss = float(val)
+            # Only a next-token loss has a perplexity (a DPO loss of log 2 is not one of 2).
             ppl_metric = trainer.callback_metrics.get("val/ppl")
-            ppl = float(ppl_metric) if ppl_metric is not None else math.exp(min(loss, 700.0))
-            ppl_text = f", perplexity {ppl:,.1f}" if getattr(pl_module, "generates_text", False) else ""
+            ppl_text = f", perplexity {float(ppl_metric):,.1f}" if ppl_metric is not None else ""
             self.lines.append(f"  final {self.val_key} {loss:.3f}{ppl_text} at step {trainer.global_step}")
         if self._start is not None:
             seconds = time.perf_counter() - self._start[0]

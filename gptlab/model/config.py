@@ -103,6 +103,11 @@ class GPTConfig:
             keys = sorted(dict(self.rope_scaling))
             if keys != sorted(ROPE_SCALING_KEYS):
                 raise ConfigError(f"model.rope_scaling needs exactly the keys {list(ROPE_SCALING_KEYS)}, got {keys}")
+            if not self.rope_scaling["high_freq_factor"] > self.rope_scaling["low_freq_factor"] > 0:
+                raise ConfigError(
+                    "model.rope_scaling's high_freq_factor must be larger than its low_freq_factor, both positive "
+                    f"(Llama 3.2: 4.0 and 1.0), got {dict(self.rope_scaling)}"
+                )
         if self.norm_eps <= 0 or self.rope_base <= 0:
             raise ConfigError("model.norm_eps and model.rope_base must be positive")
 

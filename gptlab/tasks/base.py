@@ -35,6 +35,8 @@ from gptlab.tasks.trainable import LoRAConfig, check_trainable_layers, set_train
 
 #: Config fields that fix tensor shapes: a checkpoint must agree with the run on all of them.
 _SHAPE_KEYS = ("context_length", *ARCHITECTURE_FIELDS, "qkv_bias", "out_bias", "mlp_bias", "tie_embeddings")
+#: Longest sequence the model summary runs through the model (GPT-2's whole context).
+SUMMARY_TOKENS = 1024
 #: Hooks whose base part must always run; subclasses extend task_state / load_task_state instead.
 _SEALED = ("on_save_checkpoint", "on_load_checkpoint")
 
@@ -94,8 +96,11 @@ class GPTTask(L.LightningModule):
             "lora": asdict(self.lora_config),
         })
         self.compile_model = compile
-        # One full-length sequence: Lightning's model summary then reports FLOPs per sequence.
-        self.example_input_array = torch.zeros((1, self.model_config.context_length), dtype=torch.long)
+        # One sequence for Lightning's model summary, which reports FLOPs per sequence of this length.
+        # Capped: a forward over a long-context model's whole window (131,072 tokens for Llama 3.2)
+        # would hold more logits than the device has memory.
+        summary_tokens = min(self.model_config.context_length, SUMMARY_TOKENS)
+        self.example_input_array = torch.zeros((1, summary_tokens), dtype=torch.long)
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=True)
 
     def record_hparams(self, **values: Any) -> None:

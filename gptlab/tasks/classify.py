@@ -46,7 +46,7 @@ class ClassifyTask(GPTTask):
             model (e.g. ``gpt2``) before its head is replaced.
         num_classes: size of the new head; must match the data module's.
         trainable_layers: as ``GPTTask``; the new head is trained under every option. The
-            default, ``last_block`` (head, last block and final LayerNorm), is the book's choice.
+            default, ``last_block`` (head, last block and final norm), is the book's choice.
         token_position: ``last``, ``first``, ``flexible`` (last real token) or ``mean``.
         causal_mask: ``False`` removes the causal mask, so every token sees the whole text.
         mask_padding: hide padding tokens from attention (the book does not; they are ordinary

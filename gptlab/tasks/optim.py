@@ -36,7 +36,8 @@ class SchedulerConfig:
 
 
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (linear and embedding weights); never decay biases or LayerNorm scale/shift."""
+    """Decay matrices (linear and embedding weights); never decay biases or the scales and shifts of
+    LayerNorm, RMSNorm and QK-norm (every 1-D parameter)."""
     decay, no_decay = [], []
     for param in module.parameters():  # tied weights appear once
         if not param.requires_grad:

@@ -42,7 +42,7 @@ def set_trainable(model: GPT, trainable_layers: str, lora: LoRAConfig,
 
     * ``all``: every parameter;
     * ``last_layer``: the output head (with a tied head, that is the token embedding too);
-    * ``last_block`` / ``last_two_blocks``: those transformer blocks, the final LayerNorm and the head;
+    * ``last_block`` / ``last_two_blocks``: those transformer blocks, the final norm and the head;
     * ``lora``: adapters on ``lora.targets``, every original weight frozen.
 
     ``new_modules`` (submodule names, e.g. a classifier's fresh ``out_head``) are trained under
