@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from gptlab.model.attention import KVCache
 from gptlab.model.gpt import GPT
+from gptlab.model.modes import eval_mode
 
 #: Static caches are sized to a multiple of this, so calls of similar lengths share a compiled graph.
 STATIC_CACHE_MULTIPLE = 64
@@ -94,14 +95,10 @@ def stream_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperatur
     the one-token steps as a compiled graph over a static cache (it implies ``use_cache``); the
     first call per batch size and cache size pays for the compilation.
     """
-    was_training = model.training
-    model.eval()
     step = compiled_decode_step() if compile else None
-    try:
+    with eval_mode(model):
         yield from _decode(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
                            attention_mask, use_cache or compile, generator, vocab_limit, step)
-    finally:
-        model.train(was_training)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

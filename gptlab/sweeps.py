@@ -11,7 +11,6 @@ A sweep directory (``multirun/DATE/TIME``) holds one job directory per trial, ea
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -24,23 +23,24 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from gptlab.errors import ConfigError
+from gptlab.extras import require_extra
 from gptlab.fileio import atomic_path, atomic_write_text
 
-#: Command-line choices that need an optional Hydra plugin: (prefix, module, what, extra).
+#: Command-line choices that need an optional Hydra plugin: (prefix, key in ``gptlab.extras.OPTIONAL``).
 PLUGINS = (
-    ("hparams_search=", "hydra_plugins.hydra_optuna_sweeper", "the Optuna sweeper", "sweep"),
-    ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "the Optuna sweeper", "sweep"),
-    ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "the submitit launcher", "slurm"),
-    ("hydra/launcher=submitit", "hydra_plugins.hydra_submitit_launcher", "the submitit launcher", "slurm"),
+    ("hparams_search=", "optuna"),
+    ("hydra/sweeper=optuna", "optuna"),
+    ("hydra/launcher=slurm", "submitit"),
+    ("hydra/launcher=submitit", "submitit"),
 )
 
 
 def require_plugins(argv: Sequence[str]) -> None:
     """Refuse, in one line, a command that picks a sweeper or launcher whose plugin is not installed."""
     for arg in argv:
-        for prefix, module, what, extra in PLUGINS:
-            if arg.lstrip("+~").startswith(prefix) and importlib.util.find_spec(module) is None:
-                raise ConfigError(f"{arg} needs {what}, which is not installed: pip install 'gptlab[{extra}]'")
+        for prefix, key in PLUGINS:
+            if arg.lstrip("+~").startswith(prefix):
+                require_extra(key, arg)
 
 
 class SweepSummary(Callback):

@@ -9,6 +9,7 @@ import torch
 
 from gptlab import GPT, GPTConfig, generate, stream_tokens
 from gptlab.generate import sample_next_token
+from gptlab.model.modes import eval_mode
 
 VOCAB, CTX = 96, 32
 BACKENDS = ["sdpa", "manual"]
@@ -142,10 +143,25 @@ def test_stream_tokens_yields_one_token_per_step():
     assert torch.equal(torch.cat([idx, first, *rest], dim=1), generate(model, idx, 6))
 
 
-def test_generate_restores_training_mode():
+def test_generation_runs_in_eval_mode_and_restores_every_module_mode():
     model = tiny_gpt().train()
+    model.trf_blocks[0].eval()  # a part kept in eval mode while the rest trains stays so
+    before = [m.training for m in model.modules()]
+    stream = stream_tokens(model, prompt(4), 5)
+    next(stream)
+    assert not any(m.training for m in model.modules())  # no dropout while decoding
+    stream.close()  # a stream abandoned midway (a chat cut short) restores the modes too
+    assert [m.training for m in model.modules()] == before
     generate(model, prompt(4), 3)
-    assert model.training
+    assert [m.training for m in model.modules()] == before
+
+
+def test_eval_mode_restores_modes_when_the_block_raises():
+    model = tiny_gpt().train()
+    with pytest.raises(RuntimeError), eval_mode(model):
+        assert not model.training
+        raise RuntimeError("stop")
+    assert all(m.training for m in model.modules())
 
 
 def padded_vocab_gpt(padded_rows: int) -> GPT:

@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gptlab"
 #: A unit may import units of a strictly lower rank only; units of one rank stay apart.
 RANKS = {
     "errors": 0, "fileio": 0, "loggers": 0,
-    "tokenizer": 1, "prompts": 1, "sweeps": 1,
-    "model": 2,
+    "tokenizer": 1, "prompts": 1, "extras": 1,
+    "model": 2, "sweeps": 2,
     "generate": 3, "checkpoints": 3,
     "data": 4, "tasks": 4, "evaluation": 4, "strategies": 4,
     "callbacks": 5,

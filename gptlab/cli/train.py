@@ -7,7 +7,6 @@ module, logger or callback needs a config file naming its class, not a change he
 from __future__ import annotations
 
 import importlib.resources
-import importlib.util
 import inspect
 import json
 import logging
@@ -28,18 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.callbacks import RunSummary
 from gptlab.checkpoints import read_task_checkpoint
 from gptlab.errors import ConfigError, GptlabError
+from gptlab.extras import require_extra
 from gptlab.fileio import atomic_write_text
 from gptlab.loggers import finish_wandb
 from gptlab.model import GPTConfig
 from gptlab.sweeps import require_plugins
-
-#: Optional parts (module, extra, what needs it): their packages are extras, not dependencies.
-OPTIONAL = [
-    ("wandb", "wandb", "logger=wandb"),
-    ("tensorboard", "tensorboard", "logger=tensorboard"),
-    ("datasets", "hf", "a Hugging Face dataset (data.source=hf:...)"),
-]
-
 
 class _HideTips(logging.Filter):
     """Lightning advertises cloud services at every start; keep the console to the run itself."""
@@ -51,14 +43,15 @@ class _HideTips(logging.Filter):
 def check_extras(cfg: DictConfig) -> None:
     """Stop with the ``pip install`` line when the config uses an optional part that is not installed."""
     targets = " ".join(str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values() if node).lower()
-    needs = {
-        "wandb": "wandb" in targets,  # Lightning's WandbLogger or gptlab.loggers.wandb_logger
-        "tensorboard": "tensorboard" in targets,
-        "datasets": str(cfg.get("data", {}).get("source", "")).startswith("hf:"),
+    needs = {  # key in gptlab.extras.OPTIONAL: (used, by what)
+        "wandb": ("wandb" in targets, "logger=wandb"),  # Lightning's WandbLogger or gptlab.loggers.wandb_logger
+        "tensorboard": ("tensorboard" in targets, "logger=tensorboard"),
+        "datasets": (str(cfg.get("data", {}).get("source", "")).startswith("hf:"),
+                     "a Hugging Face dataset (data.source=hf:...)"),
     }
-    for module, extra, used_by in OPTIONAL:
-        if needs[module] and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"{used_by} needs the {module!r} package: pip install 'gptlab[{extra}]'")
+    for key, (used, used_by) in needs.items():
+        if used:
+            require_extra(key, used_by)
 
 
 def build_datamodule(cfg: DictConfig) -> Any:

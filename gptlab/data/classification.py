@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gptlab.data import tables
+from gptlab.data.loaders import loader_options
 from gptlab.errors import ConfigError, DataError
 from gptlab.tokenizer import PadTo, TextEncoding, Tokenizer, check_pad_to, get_tokenizer
 
@@ -271,8 +272,7 @@ class TextClassificationDataModule(L.LightningDataModule):
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train and self.shuffle,
             drop_last=train and self.drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            **loader_options(self.trainer, self.num_workers),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gptlab.data.loaders import loader_options
 from gptlab.data.records import INSTRUCTION_DATA_SHA256, INSTRUCTION_DATA_URL, Record, read_records, split_records
 from gptlab.errors import DataError
 from gptlab.prompts import PromptStyle, get_style
@@ -226,7 +227,7 @@ class InstructionDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for dataloaders")
         return DataLoader(self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
                           shuffle=train, drop_last=train and self.drop_last, collate_fn=self.collate_fn(),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          **loader_options(self.trainer, self.num_workers))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

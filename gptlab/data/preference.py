@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from gptlab.data.loaders import loader_options
 from gptlab.data.records import PREFERENCE_DATA_SHA256, PREFERENCE_DATA_URL, Record, read_records, split_records
 from gptlab.data.sources import cache_root
 from gptlab.errors import DataError
@@ -223,7 +224,7 @@ class PreferenceDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for dataloaders")
         return DataLoader(self.datasets[split], batch_size=batch_size or self.eval_batch_size, shuffle=shuffle,
                           drop_last=shuffle and self.drop_last, collate_fn=self.collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          **loader_options(self.trainer, self.num_workers))
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=self.shuffle, batch_size=self.batch_size)

@@ -170,7 +170,7 @@ class PretrainDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for dataloaders")
         # Stateful: a checkpoint records the position in the epoch, so a resumed run continues there.
         return stateful_loader(dataset, self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                               num_workers=self.num_workers)
+                               num_workers=self.num_workers, trainer=self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=self.shuffle, drop_last=self.drop_last)

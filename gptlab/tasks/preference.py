@@ -24,6 +24,7 @@ from torchmetrics import MeanMetric
 
 from gptlab.errors import ConfigError, DataError
 from gptlab.model.lora import adapters_disabled
+from gptlab.model.modes import eval_mode
 from gptlab.tasks.base import GPTTask
 from gptlab.tasks.dpo_loss import LOGP_REDUCTIONS, dpo_loss, pair_logps, reduce_logps
 from gptlab.tasks.frozen import FrozenModel, weights_fingerprint
@@ -35,17 +36,6 @@ METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rew
 REFERENCE_KEYS = ("reference_chosen_logps", "reference_rejected_logps")
 
 Batch = dict[str, torch.Tensor]
-
-
-@contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode (no dropout) inside the block, its previous mode restored after."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 class PreferenceTask(GPTTask):
