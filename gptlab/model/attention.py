@@ -119,7 +119,7 @@ class MultiHeadAttention(nn.Module):
         if self.backend == "manual":
             context = self._manual_attention(queries, keys, values, attn_mask)
         else:
-            context = self._sdpa_attention(queries, keys, values, attn_mask)
+            context = self._sdpa_attention(queries, keys, values, attn_mask, cached=cache is not None)
         return self.merge_heads(context)
 
     @staticmethod
@@ -152,14 +152,17 @@ class MultiHeadAttention(nn.Module):
         return attn_weights @ values
 
     def _sdpa_attention(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                        attn_mask: torch.Tensor | None) -> torch.Tensor:
+                        attn_mask: torch.Tensor | None, cached: bool = False) -> torch.Tensor:
         dropout_p = self.dropout.p if self.training else 0.0
-        num_queries, num_keys = queries.shape[2], keys.shape[2]
-        if attn_mask is None and num_queries != num_keys and num_queries > 1:
-            # A chunk appended to a cache: causal, but offset by the cached length.
-            attn_mask = ~self.future_mask(num_queries, num_keys, queries.device)
-        # One new token attends to every cached position: no mask needed at all.
-        is_causal = attn_mask is None and num_queries == num_keys and num_queries > 1
+        is_causal = False
+        if attn_mask is None and not cached:
+            # Training and a whole prompt: plain causal. Decided without comparing sizes, so
+            # torch.compile traces batches of any length into one graph.
+            is_causal = True
+        elif attn_mask is None and queries.shape[2] > 1:
+            # A chunk appended to a cache: causal, but offset by the cached length. (One new
+            # token attends to every cached position: no mask needed at all.)
+            attn_mask = ~self.future_mask(queries.shape[2], keys.shape[2], queries.device)
         return F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
             enable_gqa=self.num_kv_heads != self.num_heads,
