@@ -122,3 +122,15 @@ def test_generate_uses_the_model_directorys_own_tokenizer(tokenizer_dir: Path, t
     tokenizer = get_tokenizer(str(tokenizer_dir))
     expected = generate(model, torch.tensor([tokenizer.encode("I HAD always thought")]), 8)
     assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
+
+
+def test_the_run_summarys_generate_command_names_a_directory_tokenizer(tokenizer_dir: Path):
+    from types import SimpleNamespace
+
+    from gptlab.callbacks.summary import RunSummary
+
+    data = SimpleNamespace(tokenizer=get_tokenizer(str(tokenizer_dir)), sample_prompt="Jack")
+    command = RunSummary.generate_command(SimpleNamespace(callbacks=[], datamodule=data), "runs/x")
+    assert command.endswith(f"--tokenizer {tokenizer_dir.resolve()}")
+    data.tokenizer = get_tokenizer("gpt2")  # the default needs no flag: gptlab-generate picks it
+    assert "--tokenizer" not in RunSummary.generate_command(SimpleNamespace(callbacks=[], datamodule=data), "runs/x")

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.callbacks.sample import GenerateSample, prompt_of
 from gptlab.callbacks.throughput import Throughput
+from gptlab.tokenizer import TOKENIZERS
 
 
 def display_path(path: str | Path) -> str:
@@ -78,6 +79,9 @@ class RunSummary(L.Callback):
             if sampler.top_k:
                 words += ["--top-k", str(sampler.top_k)]
             words += ["--seed", str(sampler.seed)]
+        tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+        if getattr(tokenizer, "name", "gpt2") not in TOKENIZERS:  # a model directory's tokenizer.json
+            words += ["--tokenizer", str(tokenizer.name)]
         return " ".join(shlex.quote(word) for word in words)
 
 

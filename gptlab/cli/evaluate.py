@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--shuffle", action="store_true", help="the split was shuffled (data.shuffle=true)")
     ppl.add_argument("--split-seed", type=int, default=123)
     ppl.add_argument("--batch-size", type=int, default=8)
-    ppl.add_argument("--tokenizer", choices=TOKENIZERS, default=None)
+    ppl.add_argument("--tokenizer", default=None, help=f"{', '.join(TOKENIZERS)} or a directory with a tokenizer.json")
     ppl.add_argument("--device", default="auto")
 
     resp = commands.add_parser("responses", help="score gptlab-respond's JSONL against the reference outputs")

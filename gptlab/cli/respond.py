@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-ratio", type=float, default=0.10)
     parser.add_argument("--shuffle", action="store_true", help="the split was shuffled (data.shuffle=true)")
     parser.add_argument("--split-seed", type=int, default=123, help="its seed (data.seed)")
-    parser.add_argument("--tokenizer", choices=TOKENIZERS, default=None)
+    parser.add_argument("--tokenizer", default=None, help=f"{', '.join(TOKENIZERS)} or a directory with a tokenizer.json")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return parser
