@@ -127,3 +127,20 @@ def test_perplexity_on_an_instruction_split(tmp_path: Path, capsys, shared_data:
     tokens = [int(out.split(" over ")[1].split()[0]) for out in (full, masked)]
     assert tokens[1] < tokens[0]  # responses only
     assert "the val split" in full and "responses only" in masked
+
+
+def test_perplexity_scores_in_eval_mode_and_gives_the_training_mode_back():
+    import torch
+
+    from gptlab.evaluation.perplexity import batches_perplexity
+    from gptlab.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.5)).train()
+    ids = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model.eval()(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+    model.train()
+    result = batches_perplexity(model, [(ids[:, :-1], ids[:, 1:])])
+    assert result.loss == pytest.approx(float(expected), rel=1e-5)  # dropout off while scoring
+    assert model.training and all(m.training for m in model.modules())

@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from gptlab.model.gpt import GPT
+from gptlab.model.modes import eval_mode
 
 IGNORE_INDEX = -100
 
@@ -23,16 +24,16 @@ class Perplexity:
 
 @torch.inference_mode()
 def batches_perplexity(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Perplexity:
-    """Perplexity over ``(inputs, targets)`` batches; targets of -100 are not counted."""
-    model.eval()
+    """Perplexity over ``(inputs, targets)`` batches in eval mode; targets of -100 are not counted."""
     device = model.tok_emb.weight.device
     total, count = 0.0, 0
-    for inputs, targets in batches:
-        logits = model(inputs.to(device))
-        targets = targets.to(device)
-        total += float(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                                       ignore_index=IGNORE_INDEX, reduction="sum"))
-        count += int((targets != IGNORE_INDEX).sum())
+    with eval_mode(model):
+        for inputs, targets in batches:
+            logits = model(inputs.to(device))
+            targets = targets.to(device)
+            total += float(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                           ignore_index=IGNORE_INDEX, reduction="sum"))
+            count += int((targets != IGNORE_INDEX).sum())
     if count == 0:
         raise ValueError("no target tokens to score")
     loss = total / count
