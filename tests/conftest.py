@@ -30,3 +30,13 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.setenv("WANDB_MODE", "offline")
     yield
     mp.undo()
+
+
+@pytest.fixture
+def eager_static_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``generate(compile=True)`` runs the static-cache step without compiling it (the same function,
+    no compile time), for tests of the static cache's logic."""
+    import importlib
+
+    generation = importlib.import_module("gptlab.generate")  # the module, not gptlab.generate()
+    monkeypatch.setattr(generation, "compiled_decode_step", lambda: generation.static_decode_step)

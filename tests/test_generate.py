@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
+from helpers.decoding import left_padded
 
 from gptlab import GPT, GPTConfig, generate, stream_tokens
 from gptlab.generate import sample_next_token
@@ -189,21 +189,6 @@ def test_vocab_limit_keeps_padded_rows_out():
     assert (sampled[0, 4:] < real).all()
 
 
-def left_padded(prompts: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(p.shape[1] for p in prompts)
-    batch = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for row, p in enumerate(prompts):
-        batch[row, width - p.shape[1]:] = p[0]
-        mask[row, width - p.shape[1]:] = 1
-    return batch, mask
-
-
-@pytest.fixture
-def eager_static_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``compile=True`` runs the static-cache step without compiling it (fast, same function)."""
-    generation = importlib.import_module("gptlab.generate")  # the module, not gptlab.generate()
-    monkeypatch.setattr(generation, "compiled_decode_step", lambda: generation.static_decode_step)
 
 
 @pytest.mark.parametrize("attention", BACKENDS)

@@ -5,12 +5,12 @@ greedy decoding that agrees with and without the KV cache for every combination 
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 
 import pytest
 import torch
+from helpers.decoding import left_padded
 from torch.utils.flop_counter import FlopCounterMode
 
 from gptlab import GPT, GPTConfig, generate, model_size
@@ -226,21 +226,6 @@ def prompt(length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(1, VOCAB, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
-def left_padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(p.shape[1] for p in prompts)
-    batch = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for row, p in enumerate(prompts):
-        batch[row, width - p.shape[1]:] = p[0]
-        mask[row, width - p.shape[1]:] = 1
-    return batch, mask
-
-
-@pytest.fixture
-def eager_static_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``compile=True`` runs the static-cache step without compiling it (same function, no compile time)."""
-    generation = importlib.import_module("gptlab.generate")
-    monkeypatch.setattr(generation, "compiled_decode_step", lambda: generation.static_decode_step)
 
 
 def flags_of(combo) -> dict:

@@ -12,19 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from gptlab.checkpoints.files import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    StateDict,
-    export_directory,
-    read_hf_weights,
-    read_json,
-    write_json,
-)
+from gptlab.checkpoints.files import CONFIG_FILE, StateDict, read_hf_weights, read_json
 from gptlab.checkpoints.hf_llama import export_llama, llama_model_type
-from gptlab.checkpoints.hf_names import default_eos_id, is_hf_export, load_hf_state, to_hf_state_dict
+from gptlab.checkpoints.hf_names import default_eos_id, load_hf_state, to_hf_state_dict, write_hf_directory
 from gptlab.checkpoints.state import is_tied, unwrap_gpt
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.config import GPTConfig
@@ -130,12 +121,7 @@ def export_hf(model: GPT, directory: str | Path) -> Path:
     state = {k: v.cpu() for k, v in gpt.state_dict().items() if not (tied and k == "out_head.weight")}
     hf_state = to_hf_state_dict(state, gpt.cfg.n_layers)
     config = hf_config_dict(gpt.cfg, tied=tied, dtype=gpt.tok_emb.weight.dtype)
-
-    def write(tmp: Path) -> None:
-        save_file(hf_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        write_json(tmp / CONFIG_FILE, config)
-
-    return export_directory(directory, write, is_hf_export)
+    return write_hf_directory(directory, hf_state, config)
 
 
 def load_hf_directory(directory: str | Path, config: GPTConfig | None = None) -> GPT:

@@ -14,24 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from gptlab.checkpoints.files import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    export_directory,
-    read_hf_weights,
-    read_json,
-    write_json,
-)
+from gptlab.checkpoints.files import CONFIG_FILE, read_hf_weights, read_json
 from gptlab.checkpoints.hf_names import (
     HF_MODEL_TYPES,
     LLAMA_NAMES,
     default_eos_id,
-    is_hf_export,
     load_hf_state,
     to_hf_state_dict,
     with_zero_biases,
+    write_hf_directory,
 )
 from gptlab.checkpoints.state import is_tied, unwrap_gpt
 from gptlab.errors import CheckpointError, ConfigError
@@ -182,12 +174,7 @@ def export_llama(model: GPT, directory: str | Path) -> Path:
                   for n in ("W_query", "W_key", "W_value", "out_proj")]
         state = with_zero_biases(state, layers)
     hf_state = to_hf_state_dict(state, cfg.n_layers, LLAMA_NAMES)
-
-    def write(tmp: Path) -> None:
-        save_file(hf_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        write_json(tmp / CONFIG_FILE, config)
-
-    return export_directory(directory, write, is_hf_export)
+    return write_hf_directory(directory, hf_state, config)
 
 
 def load_llama_directory(directory: str | Path, config: GPTConfig | None = None) -> GPT:

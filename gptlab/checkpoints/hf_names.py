@@ -16,10 +16,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
-from gptlab.checkpoints.files import CONFIG_FILE, StateDict, json_field, name_some
+from gptlab.checkpoints.files import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    StateDict,
+    export_directory,
+    json_field,
+    name_some,
+    write_json,
+)
 from gptlab.checkpoints.state import BUFFER_SUFFIXES, merge_config, model_from_state_dict
 from gptlab.errors import CheckpointError
 from gptlab.model.config import GPTConfig
@@ -185,6 +195,16 @@ def load_hf_state(hf_state: StateDict, source_cfg: GPTConfig, config: GPTConfig 
 def is_hf_export(directory: Path) -> bool:
     """Whether ``directory`` holds a Hugging Face model of a family gptlab writes (so an export may replace it)."""
     return json_field(directory / CONFIG_FILE, "model_type") in HF_MODEL_TYPES
+
+
+def write_hf_directory(directory: str | Path, hf_state: StateDict, hf_config: dict[str, Any]) -> Path:
+    """``model.safetensors`` and ``config.json`` written atomically into ``directory`` (see ``export_directory``)."""
+
+    def write(tmp: Path) -> None:
+        save_file(hf_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        write_json(tmp / CONFIG_FILE, hf_config)
+
+    return export_directory(directory, write, is_hf_export)
 
 
 def default_eos_id(vocab_size: int) -> int:
