@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from gptlab.checkpoints import TaskCheckpoint, load_pretrained, read_task_checkpoint, save_model
+from gptlab.checkpoints.state import config_from_dict
 from gptlab.errors import CheckpointError
 from gptlab.fileio import atomic_directory
 from gptlab.model import GPT, GPTConfig
@@ -182,7 +183,7 @@ class GPTTask(L.LightningModule):
         """Refuse, with a clear message, a checkpoint whose architecture differs from this run's."""
         saved = checkpoint.get("hyper_parameters", {}).get("model")
         if saved is not None:
-            theirs, ours = GPTConfig.from_dict(dict(saved)), self.model_config
+            theirs, ours = config_from_dict(dict(saved), "checkpoint"), self.model_config
             diff = {k: (getattr(theirs, k), getattr(ours, k)) for k in _SHAPE_KEYS
                     if getattr(theirs, k) != getattr(ours, k)}
             if diff:
