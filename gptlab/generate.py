@@ -64,7 +64,7 @@ def static_decode_step(model: GPT, token: torch.Tensor, position_ids: torch.Tens
         layer_keys.index_copy_(2, slot, k)
         layer_values.index_copy_(2, slot, v)
         context = F.scaled_dot_product_attention(q, layer_keys, layer_values, attn_mask=mask,
-                                                 enable_gqa=att.num_kv_heads != att.num_heads)
+                                                 enable_gqa=att.grouped)
         x = x + att.merge_heads(context)
         x = x + block.ff(block.norm2(x))
     return model.out_head(model.final_norm(x))[:, -1]

@@ -66,7 +66,8 @@ class MultiHeadAttention(nn.Module):
 
     ``attn_mask``, when given, is a boolean tensor broadcastable to ``(B, heads, T, S)`` whose
     ``True`` entries may be attended to (it already contains the causal part). Without it the
-    pattern is plain causal, offset by the number of cached positions.
+    pattern is plain causal, offset by the number of cached positions. ``context_length`` is kept
+    for the book's signature; the causal mask is built per call (``future_mask``), not stored.
     """
 
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
@@ -132,6 +133,11 @@ class MultiHeadAttention(nn.Module):
         offset = num_keys - num_queries
         return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).triu(offset + 1)
 
+    @property
+    def grouped(self) -> bool:
+        """Whether key/value heads are shared by groups of query heads (grouped-query attention)."""
+        return self.num_kv_heads != self.num_heads
+
     def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
         """Key/value heads repeated so each query head has its own copy (grouped-query attention)."""
         groups = self.num_heads // self.num_kv_heads
@@ -165,5 +171,5 @@ class MultiHeadAttention(nn.Module):
             attn_mask = ~self.future_mask(queries.shape[2], keys.shape[2], queries.device)
         return F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-            enable_gqa=self.num_kv_heads != self.num_heads,
+            enable_gqa=self.grouped,
         )
