@@ -16,7 +16,7 @@ import torch
 from gptlab.checkpoints.files import CONFIG_FILE, StateDict, read_hf_weights, read_json
 from gptlab.checkpoints.hf_llama import export_llama, llama_model_type
 from gptlab.checkpoints.hf_names import default_eos_id, load_hf_state, to_hf_state_dict, write_hf_directory
-from gptlab.checkpoints.state import is_tied, unwrap_gpt
+from gptlab.checkpoints.state import export_state, is_tied, unwrap_gpt
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.config import GPTConfig
 from gptlab.model.gpt import GPT
@@ -118,8 +118,7 @@ def export_hf(model: GPT, directory: str | Path) -> Path:
             )
         return export_llama(gpt, directory)
     tied = is_tied(gpt)
-    state = {k: v.cpu() for k, v in gpt.state_dict().items() if not (tied and k == "out_head.weight")}
-    hf_state = to_hf_state_dict(state, gpt.cfg.n_layers)
+    hf_state = to_hf_state_dict(export_state(gpt), gpt.cfg.n_layers)
     config = hf_config_dict(gpt.cfg, tied=tied, dtype=gpt.tok_emb.weight.dtype)
     return write_hf_directory(directory, hf_state, config)
 

@@ -25,7 +25,7 @@ from gptlab.checkpoints.hf_names import (
     with_zero_biases,
     write_hf_directory,
 )
-from gptlab.checkpoints.state import is_tied, unwrap_gpt
+from gptlab.checkpoints.state import export_state, is_tied, unwrap_gpt
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.model.config import GPTConfig
 from gptlab.model.gpt import GPT
@@ -168,7 +168,7 @@ def export_llama(model: GPT, directory: str | Path) -> Path:
     gpt = unwrap_gpt(model)
     cfg, tied = gpt.cfg, is_tied(gpt)
     config = llama_config_dict(cfg, tied=tied, dtype=gpt.tok_emb.weight.dtype)
-    state = {k: v.detach().cpu() for k, v in gpt.state_dict().items() if not (tied and k == "out_head.weight")}
+    state = export_state(gpt)
     if config["attention_bias"]:
         layers = [f"trf_blocks.{i}.att.{n}" for i in range(cfg.n_layers)
                   for n in ("W_query", "W_key", "W_value", "out_proj")]

@@ -30,6 +30,13 @@ def is_tied(model: GPT) -> bool:
     return model.out_head.weight is model.tok_emb.weight
 
 
+def export_state(model: GPT) -> StateDict:
+    """The model's tensors on the CPU for writing out; a head tied to the embedding is left out
+    (the exported config says it is tied)."""
+    tied = is_tied(model)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not (tied and k == "out_head.weight")}
+
+
 def unwrap_gpt(model: Any) -> GPT:
     """The ``GPT`` inside a gptlab task or a ``torch.compile`` wrapper."""
     model = getattr(model, "gpt", model)
