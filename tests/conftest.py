@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -32,6 +35,23 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread_per_worker() -> None:
+    """Under ``pytest -n N`` the workers already use the cores; a thread pool per worker (and per
+    run it starts) would only oversubscribe them."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")  # the runs it starts as subprocesses
+    mp.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")  # torch.compile without a pool of compile processes
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    mp.undo()
+
+
 @pytest.fixture
 def eager_static_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """``generate(compile=True)`` runs the static-cache step without compiling it (the same function,
@@ -40,3 +60,11 @@ def eager_static_step(monkeypatch: pytest.MonkeyPatch) -> None:
 
     generation = importlib.import_module("gptlab.generate")  # the module, not gptlab.generate()
     monkeypatch.setattr(generation, "compiled_decode_step", lambda: generation.static_decode_step)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with slow tests first: under ``pytest -n N`` the long runs start at once and the quick
+    tests fill in behind them, instead of one long run finishing alone at the end. A module's tests
+    stay together, so its module-scoped fixtures are built once per worker."""
+    slow = Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.module.__name__])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import train_command
 from hydra.utils import instantiate
 
 from gptlab.errors import ConfigError
@@ -162,13 +162,10 @@ def test_export_and_load_give_the_same_probabilities(tmp_path: Path):
 @pytest.mark.slow
 def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsys):
     run = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "gptlab.cli.train", "experiment=spam", "model=nano", "task.init=null",
-        "trainer=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-        f"data.path={shared_data / 'SMSSpamCollection'}", "print_config=false", f"hydra.run.dir={run}",
-    ]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The real command: collect_results reads the overrides Hydra records in the run's .hydra/.
+    result = train_command(run, "experiment=spam", "model=nano", "task.init=null", "trainer=debug",
+                           "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                           f"data.path={shared_data / 'SMSSpamCollection'}", "print_config=false")
     metrics = json.loads((run / "metrics.json").read_text())
     # Accuracy and F1 of every tested split agree with its confusion matrix (torchmetrics computes
     # them separately), and the matrix counts every example of the split.

@@ -4,8 +4,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from helpers.runs import compose_train
 from omegaconf import OmegaConf
 
 from gptlab.model import GPTConfig
@@ -16,12 +15,6 @@ GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.star
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_train(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
 
 
 def resolve(cfg):
@@ -41,7 +34,7 @@ def test_every_option_composes_and_resolves(group, option):
     overrides = [f"{group}={option}"]
     if group == "data" and option == "files":
         overrides.append("data.path=corpus.txt")
-    cfg = compose_train(overrides)
+    cfg = compose_train(*overrides)
     resolved = resolve(cfg)
     GPTConfig.from_dict(resolved["model"])  # a valid architecture
     assert resolved["task"]["model"] == resolved["model"]
@@ -52,7 +45,7 @@ def test_every_option_composes_and_resolves(group, option):
 
 
 def test_verdict_experiment_is_the_books_chapter5_setup():
-    resolved = resolve(compose_train(["experiment=verdict"]))
+    resolved = resolve(compose_train("experiment=verdict"))
     model = GPTConfig.from_dict(resolved["model"])
     assert (model.emb_dim, model.n_layers, model.n_heads, model.context_length) == (768, 12, 12, 256)
     assert resolved["data"]["batch_size"] == 2 and resolved["data"]["train_ratio"] == 0.9
@@ -63,7 +56,7 @@ def test_verdict_experiment_is_the_books_chapter5_setup():
 
 
 def test_every_model_field_is_a_plain_override_on_top_of_the_preset():
-    resolved = resolve(compose_train(["model.n_layers=3", "model.attention=manual", "model.vocab_size=257"]))
+    resolved = resolve(compose_train("model.n_layers=3", "model.attention=manual", "model.vocab_size=257"))
     model = GPTConfig.from_dict(resolved["model"])
     micro = GPTConfig.from_preset("micro")
     assert (model.n_layers, model.attention, model.vocab_size) == (3, "manual", 257)
@@ -71,7 +64,7 @@ def test_every_model_field_is_a_plain_override_on_top_of_the_preset():
 
 
 def test_model_configs_list_every_gptconfig_field():
-    resolved = resolve(compose_train([]))
+    resolved = resolve(compose_train())
     fields = {f.name for f in dataclasses.fields(GPTConfig)} - {"name"}
     assert set(resolved["model"]) == fields | {"preset"}
 
@@ -83,7 +76,7 @@ DERIVED_WHEN_NULL = {"hidden_dim", "n_kv_heads", "head_size", "rope_scaling"}
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_yaml_is_the_preset_with_every_value_written_out(option):
-    node = resolve(compose_train([f"model={option}"]))["model"]
+    node = resolve(compose_train(f"model={option}"))["model"]
     assert {key for key, value in node.items() if value is None} <= DERIVED_WHEN_NULL
     preset = GPTConfig.from_preset(option).to_dict()
     assert node == {"preset": option, **{key: value for key, value in preset.items() if key != "name"}}
@@ -100,7 +93,7 @@ def test_gpt2_presets_are_the_books_table():
 
 
 def test_one_word_picks_a_preset_and_one_override_changes_one_field():
-    small = resolve(compose_train(["model=gpt2-small", "model.n_layers=8"]))["model"]
+    small = resolve(compose_train("model=gpt2-small", "model.n_layers=8"))["model"]
     assert (small["preset"], small["emb_dim"], small["n_heads"], small["n_layers"]) == ("gpt2-small", 768, 12, 8)
     assert GPTConfig.from_dict(small) == GPTConfig.from_preset("gpt2-small", n_layers=8)
 
@@ -113,6 +106,6 @@ def pretraining_data_options() -> list[str]:
 @pytest.mark.parametrize("option", pretraining_data_options())
 def test_every_pretraining_data_config_names_its_sample_prompt(option):
     overrides = [f"data={option}"] + (["data.path=corpus.txt"] if option == "files" else [])
-    resolved = resolve(compose_train(overrides))
+    resolved = resolve(compose_train(*overrides))
     assert "sample_prompt" in resolved["data"]
     assert resolved["callbacks"]["sample"]["prompt"] is None  # the callback takes the data's prompt

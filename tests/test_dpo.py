@@ -5,14 +5,12 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from helpers.runs import compose_train, train_command
 
 from gptlab.checkpoints import save_model
 from gptlab.data import PreferenceDataModule
@@ -216,12 +214,9 @@ def test_ddp_on_two_cpu_processes_runs_dpo_steps(mode, source, tmp_path):
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2", "trainer.max_epochs=1",
         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.val_check_interval=2",
         "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false", "callbacks.sample=null",
-        "print_config=false", f"hydra.run.dir={run_dir}",
+        "print_config=false",
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, "-m", "gptlab.cli.train", *overrides], capture_output=True, text=True,
-                            env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_command(run_dir, *overrides)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2 and ckpt["task_state"]["dpo_reference"]["mode"] == mode
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -230,13 +225,9 @@ def test_ddp_on_two_cpu_processes_runs_dpo_steps(mode, source, tmp_path):
 
 
 def test_dpo_experiment_is_the_books_setting():
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=dpo", "task.init=runs/instruct"])
+    cfg = compose_train("experiment=dpo", "task.init=runs/instruct")
     cfg.output_dir = "/tmp/run"
     resolved = OmegaConf.to_container(cfg, resolve=True)
     task, data = resolved["task"], resolved["data"]

@@ -5,32 +5,17 @@ from __future__ import annotations
 import csv
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import train_command, train_here, user_error_of
 
 from gptlab.callbacks.faults import AtomicCheckpointIO
 from gptlab.errors import CheckpointError
 
-HELPERS = Path(__file__).parent / "helpers"
 FAST = ["model=nano", "trainer=debug", "data.batch_size=4", "print_config=false", "callbacks.sample=null",
         "callbacks.export=null", "callbacks.loss_plot=null"]
-
-
-def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "gptlab.cli.train", f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-
-
-def error_line(result: subprocess.CompletedProcess) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("gptlab-train: error:")]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
-    return lines[0]
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -80,8 +65,8 @@ def test_a_full_disk_is_one_clear_error_and_the_previous_checkpoint_survives(tmp
 @pytest.mark.slow
 def test_a_nan_loss_stops_with_one_line_naming_the_step_and_keeps_the_good_checkpoint(tmp_path: Path):
     run_dir = tmp_path / "nan"
-    result = train(run_dir, *FAST, "+callbacks.nan._target_=inject.NanLossAtStep", "+callbacks.nan.step=3")
-    line = error_line(result)
+    line = user_error_of(run_dir, *FAST, "+callbacks.nan._target_=helpers.inject.NanLossAtStep",
+                         "+callbacks.nan.step=3")
     last = run_dir / "checkpoints" / "last.ckpt"
     assert "training loss is NaN at step 3" in line and str(last) in line, line
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
@@ -89,7 +74,6 @@ def test_a_nan_loss_stops_with_one_line_naming_the_step_and_keeps_the_good_check
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("content, expected", [(b"not a checkpoint at all", "cannot read"),
                                                (None, "not a Lightning checkpoint of a gptlab task")])
 def test_a_corrupt_or_foreign_ckpt_path_is_one_line_naming_it(tmp_path: Path, content: bytes | None, expected: str):
@@ -98,7 +82,7 @@ def test_a_corrupt_or_foreign_ckpt_path_is_one_line_naming_it(tmp_path: Path, co
         torch.save({"weights": torch.ones(2)}, bad)  # a PyTorch file, but no Lightning checkpoint
     else:
         bad.write_bytes(content)
-    line = error_line(train(tmp_path / "run", *FAST, f"ckpt_path={bad}"))
+    line = user_error_of(tmp_path / "run", *FAST, f"ckpt_path={bad}")
     assert expected in line and str(bad) in line, line
 
 
@@ -110,14 +94,14 @@ def test_a_run_killed_with_sigkill_resumes_at_its_saved_step_with_the_same_losse
     setup = [*FAST, f"data.path={verdict_path}", "model.drop_rate=0.1", "trainer.max_steps=8",
              "trainer.max_epochs=2", "trainer.limit_train_batches=null", "trainer.val_check_interval=2"]
     reference = tmp_path / "uninterrupted"
-    assert train(reference, *setup).returncode == 0
+    train_here(reference, *setup)
 
     run = tmp_path / "killed"
-    killed = train(run, *setup, "+callbacks.kill._target_=inject.KillAtStep", "+callbacks.kill.step=5")
+    killed = train_command(run, *setup, "+callbacks.kill._target_=inject.KillAtStep", "+callbacks.kill.step=5",
+                           check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-    resumed = train(run, *setup, "ckpt_path=last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    train_here(run, *setup, "ckpt_path=last")
 
     expected, got = train_losses(reference), train_losses(run)
     later = [step for step in expected if step >= 4]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import compose_train, train_here
 
 from gptlab.data.instruction import Example, InstructionDataModule, collate, encode_record
 from gptlab.errors import ConfigError, DataError
@@ -130,14 +131,9 @@ def test_batches_feed_the_causal_lm_task(records_path: Path):
 
 
 def compose(*overrides: str) -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    cfg = compose_train(*overrides)
     cfg.output_dir = "/tmp/run"
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -156,18 +152,14 @@ def test_instruct_experiment_is_the_books_chapter7_run():
 @pytest.mark.slow
 def test_instruct_scratch_trains_and_records_its_prompt_style(tmp_path: Path, records_path: Path):
     import csv
-    import subprocess
-    import sys
 
     from gptlab.callbacks.prompt_style import read_prompt_style
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "gptlab.cli.train", "experiment=instruct_scratch", f"data.path={records_path}",
-           "model=nano", "data.prompt_style=phi3", "data.mask_prompt=true", "trainer.max_steps=4",
-           "trainer.val_check_interval=2", "trainer.limit_val_batches=2", "callbacks.sample=null",
-           "print_config=false", f"hydra.run.dir={run}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    train_here(run, "experiment=instruct_scratch", f"data.path={records_path}", "model=nano",
+               "data.prompt_style=phi3", "data.mask_prompt=true", "trainer.max_steps=4",
+               "trainer.val_check_interval=2", "trainer.limit_val_batches=2", "callbacks.sample=null",
+               "print_config=false")
     assert read_prompt_style(run) == "phi3" and read_prompt_style(run / "model") == "phi3"
     assert json.loads((run / "model" / "prompt.json").read_text()) == {"prompt_style": "phi3"}
     assert any(row.get("val/loss") for row in csv.DictReader((run / "metrics.csv").open()))

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from helpers.runs import Run, compose_train, train_here
 from hydra.utils import instantiate
 
 from gptlab import load_pretrained
@@ -28,16 +24,12 @@ LLAMA = {"preset": "llama-micro", "vocab_size": 97, "context_length": 16, "n_lay
 #: Every linear layer of a Llama block: attention's four and SwiGLU's three.
 LLAMA_LINEARS = ("att.W_query", "att.W_key", "att.W_value", "att.out_proj", "ff.fc1", "ff.fc2", "ff.fc3")
 CONF = Path(__file__).resolve().parents[1] / "gptlab" / "conf"
+# Under `pytest -n N --dist loadgroup`, one worker runs this module: each run starts from the one before.
+pytestmark = pytest.mark.xdist_group(__name__)
 
 
 def _trainable(task) -> set[str]:
     return {name for name, p in task.gpt.named_parameters() if p.requires_grad}
-
-
-def _compose(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,7 +37,7 @@ def _compose(*overrides: str):
 
 
 def test_command_line_lora_targets_are_the_library_defaults():
-    assert list(_compose().task.lora.targets) == list(DEFAULT_TARGETS)
+    assert list(compose_train().task.lora.targets) == list(DEFAULT_TARGETS)
 
 
 def test_lora_adapts_every_linear_layer_of_a_llama_block_and_merges_on_export(tmp_path: Path):
@@ -106,7 +98,7 @@ def llama_init(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.parametrize("choice", [f"task={p.stem}" for p in sorted((CONF / "task").glob("*.yaml"))]
                          + [f"experiment={p.stem}" for p in sorted((CONF / "experiment").glob("*.yaml"))])
 def test_every_task_config_builds_with_a_llama_preset(choice: str, llama_init: str):
-    cfg = _compose(choice, "model=llama-micro", "model.vocab_size=97", "model.context_length=16",
+    cfg = compose_train(choice, "model=llama-micro", "model.vocab_size=97", "model.context_length=16",
                    "model.n_layers=2", f"task.init={llama_init}", "model.qkv_bias=false")
     task = instantiate(cfg.task, _recursive_=False)
     built = task.hparams["model"]
@@ -117,17 +109,13 @@ def test_every_task_config_builds_with_a_llama_preset(choice: str, llama_init: s
 
 
 # ----------------------------------------------------------------------------------------------
-# End to end through gptlab-train, each run started from the one before
+# End to end through gptlab-train's train(), each run started from the one before
 
 SHRINK = ["model=llama-micro", "model.n_layers=2", "model.context_length=64", "print_config=false"]
 
 
-def train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "gptlab.cli.train", f"hydra.run.dir={run_dir}", *SHRINK, *overrides]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert result.returncode == 0, f"gptlab-train failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+def train(run_dir: Path, *overrides: str) -> Run:
+    return train_here(run_dir, *SHRINK, *overrides)
 
 
 def final_metrics(run_dir: Path, *keys: str) -> dict[str, float]:
@@ -148,7 +136,7 @@ def assert_export_reloads_like_its_checkpoint(run_dir: Path) -> GPT:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
     run_dir = tmp_path_factory.mktemp("llama") / "pretrain"
     result = train(run_dir, "trainer=debug", "data.batch_size=4", "trainer.enable_model_summary=true",
                    "callbacks.activation_checkpointing.enabled=true", "callbacks.sample.max_new_tokens=8")
@@ -156,7 +144,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproce
 
 
 @pytest.fixture(scope="module")
-def instructed(pretrained, shared_data: Path) -> tuple[Path, subprocess.CompletedProcess]:
+def instructed(pretrained, shared_data: Path) -> tuple[Path, Run]:
     run_dir = pretrained[0].parent / "instruct"
     result = train(run_dir, "experiment=instruct_scratch", f"data.path={shared_data / 'instruction-data.json'}",
                    f"task.init={pretrained[0]}", "task.trainable_layers=lora", "task.lora.rank=4",
@@ -169,8 +157,8 @@ def instructed(pretrained, shared_data: Path) -> tuple[Path, subprocess.Complete
 def test_pretraining_a_llama_model(pretrained):
     run_dir, result = pretrained
     final_metrics(run_dir, "train/loss", "val/loss")
-    assert [line for line in result.stdout.splitlines() if line.startswith("[step ")]  # samples decode
-    assert "MFU" in result.stdout and "Total estimated model params size" in result.stdout
+    assert [line for line in result.output.splitlines() if line.startswith("[step ")]  # samples decode
+    assert "MFU" in result.output and "Total estimated model params size" in result.output
     config = json.loads((run_dir / "model" / "config.json").read_text())
     assert {k: config[k] for k in ("norm", "mlp", "pos_emb", "n_kv_heads")} == {
         "norm": "rmsnorm", "mlp": "swiglu", "pos_emb": "rope", "n_kv_heads": 2}
@@ -181,7 +169,7 @@ def test_pretraining_a_llama_model(pretrained):
 def test_instruction_tuning_a_llama_model_with_lora(instructed):
     run_dir, result = instructed
     final_metrics(run_dir, "train/loss", "val/loss")
-    assert f"LoRA on {2 * len(LLAMA_LINEARS)} layers" in result.stdout + result.stderr
+    assert f"LoRA on {2 * len(LLAMA_LINEARS)} layers" in result.output
     model = assert_export_reloads_like_its_checkpoint(run_dir)
     assert not any("lora" in key for key in model.state_dict())
     assert (run_dir / "model" / "prompt.json").is_file()
@@ -196,7 +184,7 @@ def test_preference_tuning_a_llama_model_with_dpo(instructed, shared_data: Path)
                    "trainer.limit_val_batches=1", "trainer.val_check_interval=2")
     metrics = final_metrics(run_dir, "train/loss", "val/loss", "val/rewards/margins")
     assert metrics["val/loss"] < 1.0  # near log 2 after two steps from the reference
-    assert f"final val/loss {metrics['val/loss']:.3f} at step 2" in result.stdout  # no 'perplexity' of a DPO loss
+    assert f"final val/loss {metrics['val/loss']:.3f} at step 2" in result.output  # no 'perplexity' of a DPO loss
     assert_export_reloads_like_its_checkpoint(run_dir)
 
 
@@ -215,15 +203,3 @@ def test_classifying_with_a_llama_model(pretrained, shared_data: Path):
     torch.testing.assert_close(exported, checkpoint, atol=1e-6, rtol=1e-5)
     config = json.loads((run_dir / "model" / "config.json").read_text())
     assert config["pos_emb"] == "rope" and config["tie_embeddings"] is False
-
-
-@pytest.mark.slow
-def test_sharded_llama_training_on_two_cpu_processes_prints_samples(tmp_path: Path):
-    """FSDP2 shards each block over both processes; decoding the sample needs every rank's shards."""
-    run_dir = tmp_path / "sharded"
-    result = train(run_dir, "debug=smoke", "trainer=fully_shard", "trainer.accelerator=cpu", "trainer.devices=2",
-                   "data.batch_size=2", "callbacks.sample.max_new_tokens=4", "callbacks.loss_plot=null",
-                   "callbacks.activation_checkpointing.enabled=true")
-    assert len([line for line in result.stdout.splitlines() if line.startswith("[step ")]) == 2  # rank zero's
-    final_metrics(run_dir, "train/loss", "val/loss")
-    assert load_pretrained(run_dir).cfg.kv_heads == 2

@@ -11,8 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from helpers.runs import compose_train
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
@@ -174,10 +173,8 @@ def nano_init(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _instantiate_task(overrides: list[str], init: str | None = None) -> GPTTask:
-    GlobalHydra.instance().clear()
     tiny = ["model=nano", "model.vocab_size=97", "model.context_length=16", f"task.init={init or 'null'}"]
-    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, *tiny])
+    cfg = compose_train(*overrides, *tiny)
     return instantiate(cfg.task, _recursive_=False), cfg
 
 

@@ -1,11 +1,10 @@
-"""``gptlab-train`` end to end, through the real Hydra entry point, in a subprocess."""
+"""``gptlab-train`` end to end: one real command (a subprocess), the rest in this process (helpers.runs)."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_module
+from helpers.runs import compose_train, train_command, train_here, user_error_of
 from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import load_file
 
@@ -21,41 +20,14 @@ from gptlab.cli import train as train_cli
 from gptlab.errors import ConfigError
 
 FAST = ["model=nano", "trainer=debug", "data.batch_size=4", "print_config=false"]
-
-
-def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "gptlab.cli.train", f"hydra.run.dir={run_dir}", *overrides]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"gptlab-train failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def error_line(result: subprocess.CompletedProcess) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("gptlab-train: error:")]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-def user_error_of(run_dir: Path, *overrides: str) -> str:
-    """The one-line message ``gptlab-train`` prints for a run that must not start (in-process)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*FAST, f"output_dir={run_dir}", *overrides])
-    with pytest.raises(Exception) as raised:
-        train_cli.train(cfg)
-    problem = train_cli.user_error(raised.value)
-    assert problem is not None, f"not a user error: {raised.value!r}"
-    assert "\n" not in str(problem)
-    return str(problem)
+# Under `pytest -n N --dist loadgroup`, one worker runs this module: its tests share one finished run.
+pytestmark = pytest.mark.xdist_group(__name__)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("run")
-    return run_dir, train(run_dir, *FAST)
+    return run_dir, train_command(run_dir, *FAST)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +35,7 @@ def finished_run(finished: tuple[Path, subprocess.CompletedProcess]) -> Path:
     return finished[0]
 
 
+@pytest.mark.slow
 def test_run_directory_holds_config_checkpoints_metrics_plot_and_model(finished_run: Path):
     config = yaml.safe_load((finished_run / "config.yaml").read_text())
     assert config["model"]["preset"] == "nano" and config["task"]["model"] == "${model}"  # the task's model
@@ -76,13 +49,14 @@ def test_run_directory_holds_config_checkpoints_metrics_plot_and_model(finished_
     assert not list(finished_run.rglob("*.tmp*"))
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_step(tmp_path: Path):
     # A named run directory: ckpt_path=last finds its checkpoints/last.ckpt.
     run_dir = tmp_path / "named"
-    train(run_dir, *FAST)
+    train_here(run_dir, *FAST)
     first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert first["global_step"] == 4
-    train(run_dir, *FAST, "trainer.max_steps=8", "trainer.max_epochs=3", "ckpt_path=last")
+    train_here(run_dir, *FAST, "trainer.max_steps=8", "trainer.max_epochs=3", "ckpt_path=last")
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 8
     assert int(resumed["state_dict"]["tokens_seen"]) == 2 * int(first["state_dict"]["tokens_seen"])
@@ -94,9 +68,7 @@ def test_resume_continues_from_the_saved_step(tmp_path: Path):
 def test_checkpoint_of_another_architecture_is_refused_without_touching_it(finished_run: Path, tmp_path: Path):
     ckpt = finished_run / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
-    result = train(tmp_path / "run", "model=micro", "trainer=debug", "print_config=false", f"ckpt_path={ckpt}",
-                   check=False)
-    line = error_line(result)
+    line = user_error_of(tmp_path / "run", *FAST, "model=micro", f"ckpt_path={ckpt}")
     assert "different architecture" in line and "emb_dim: checkpoint 64 vs run 128" in line
     assert ckpt.read_bytes() == before
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -114,7 +86,7 @@ def test_checkpoint_of_another_architecture_is_refused_without_touching_it(finis
     ],
 )
 def test_bad_input_stops_with_one_clear_line(tmp_path: Path, overrides: list[str], expected: str):
-    assert expected in user_error_of(tmp_path / "run", *overrides)
+    assert expected in user_error_of(tmp_path / "run", *FAST, *overrides)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -124,36 +96,26 @@ def test_bad_input_stops_with_one_clear_line(tmp_path: Path, overrides: list[str
 def test_empty_or_too_short_corpus_is_refused(tmp_path: Path, text: str, expected: str):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text)
-    assert expected in user_error_of(tmp_path / "run", f"data.path={corpus}")
+    assert expected in user_error_of(tmp_path / "run", *FAST, f"data.path={corpus}")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_verdict_experiment_runs_on_a_local_copy(verdict_path: Path, tmp_path: Path):
     # The book's chapter 5 setup, shrunk to a smoke run: the data path and the 90/10 split work.
     run_dir = tmp_path / "verdict"
-    train(run_dir, "experiment=verdict", f"data.path={verdict_path}", "model=nano", "model.context_length=64",
-          "data.max_length=64", "data.stride=64", "trainer.max_epochs=1", "trainer.val_check_interval=5",
-          "print_config=false")
+    train_here(run_dir, "experiment=verdict", f"data.path={verdict_path}", "model=nano", "model.context_length=64",
+               "data.max_length=64", "data.stride=64", "trainer.max_steps=5", "trainer.val_check_interval=5",
+               "print_config=false")
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert any(row.get("val/loss") for row in rows)
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes(tmp_path: Path):
-    run_dir = tmp_path / "ddp"
-    train(run_dir, *FAST, "trainer=ddp_cpu", "trainer.max_steps=2",
-          "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.val_check_interval=2",
-          "trainer.max_epochs=1", "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false")
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 2
-    # Two ranks of 4 windows x 64 tokens per step, two steps.
-    assert int(ckpt["state_dict"]["tokens_seen"]) == 2 * 2 * 4 * 64
-
-
 def test_wandb_offline_records_metrics_and_the_resolved_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "wandb-run"
-    train(run_dir, *FAST, "logger=wandb")
+    train_here(run_dir, *FAST, "logger=wandb")
     run_files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(run_files) == 1
     # wandb has no reader of its offline files; keys are stored as plain strings in them.
@@ -172,10 +134,11 @@ def test_config_yaml_shows_every_model_value(finished_run: Path):
     assert [key for key, value in model.items() if value is None] == ["rope_scaling"]  # null is "no scaling"
 
 
+@pytest.mark.slow
 def test_config_yaml_fed_back_rebuilds_the_same_model_in_a_new_run(finished_run: Path, tmp_path: Path):
     before = (finished_run / "checkpoints" / "last.ckpt").read_bytes()
     again = tmp_path / "again"
-    train(again, "--config-path", str(finished_run), "--config-name", "config")
+    train_here(again, config_dir=finished_run)  # what `--config-path RUN --config-name config` composes
     assert (again / "checkpoints" / "last.ckpt").is_file()
     assert (finished_run / "checkpoints" / "last.ckpt").read_bytes() == before  # the first run is untouched
     first = json.loads((finished_run / "model" / "config.json").read_text())
@@ -185,7 +148,7 @@ def test_config_yaml_fed_back_rebuilds_the_same_model_in_a_new_run(finished_run:
     assert shapes[0] == shapes[1]
     # A model override of the re-run reaches the task's model too.
     deeper = tmp_path / "deeper"
-    train(deeper, "model.n_layers=3", "--config-path", str(finished_run), "--config-name", "config")
+    train_here(deeper, "model.n_layers=3", config_dir=finished_run)
     assert json.loads((deeper / "model" / "config.json").read_text())["n_layers"] == 3
 
 
@@ -204,15 +167,18 @@ def test_run_prints_samples_of_the_data_prompt_and_a_closing_summary(finished):
                        "--temperature 0.8 --top-k 40 --seed 123")
 
 
-def test_help_lists_groups_overrides_and_where_runs_go():
-    result = subprocess.run([sys.executable, "-m", "gptlab.cli.train", "--help"], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
+def test_help_lists_groups_overrides_and_where_runs_go(monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["gptlab-train", "--help"])  # the console script's main, in this process
+    with pytest.raises(SystemExit) as exited:
+        train_cli.main()
+    GlobalHydra.instance().clear()
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
     for group in ("model", "data", "task", "trainer", "logger", "callbacks", "experiment"):
-        assert any(line.strip().startswith(group + " ") for line in result.stdout.splitlines()), group
+        assert any(line.strip().startswith(group + " ") for line in out.splitlines()), group
     assert ("model: gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, llama-3.2-1b, llama-micro, llama-mini, micro, mini, "
-            "nano, qwen3-0.6b") in result.stdout
-    assert "model.n_layers=8" in result.stdout and "runs/DATE/TIME/" in result.stdout
+            "nano, qwen3-0.6b") in out
+    assert "model.n_layers=8" in out and "runs/DATE/TIME/" in out
 
 
 @pytest.mark.parametrize(
@@ -224,9 +190,7 @@ def test_help_lists_groups_overrides_and_where_runs_go():
     ],
 )
 def test_an_optional_part_without_its_extra_names_the_install(monkeypatch, overrides, module, line):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_train(*overrides)
     train_cli.check_extras(cfg)  # installed here: nothing to say
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
