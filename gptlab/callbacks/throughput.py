@@ -8,6 +8,7 @@ that fits, so its peak is a short matmul measurement, cached per machine.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -55,10 +56,16 @@ def _cpu_key(dtype: torch.dtype) -> str:
     return f"{cpu}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
 
 
+@functools.cache
+def _measured_in_this_process(key: str, dtype: torch.dtype) -> float:
+    """One measurement per process and CPU setting: the jobs of a sweep share it."""
+    return measure_cpu_flops(dtype)
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     """The device's peak FLOP/s for ``dtype``: Lightning's GPU table, or for a CPU the best of a
-    short measurement now and those cached from earlier runs on this machine (a measurement
-    taken while other work held the cores would otherwise understate the peak)."""
+    short measurement in this process and those cached from earlier runs on this machine (a
+    measurement taken while other work held the cores would otherwise understate the peak)."""
     if device.type != "cpu":
         return get_available_flops(device, dtype)
     path = cache_root() / "cpu_peak_flops.json"
@@ -67,7 +74,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     except (OSError, ValueError):
         known = {}
     key = _cpu_key(dtype)
-    best = max(measure_cpu_flops(dtype), float(known.get(key, 0.0)))
+    best = max(_measured_in_this_process(key, dtype), float(known.get(key, 0.0)))
     if best > float(known.get(key, 0.0)):
         atomic_write_text(path, json.dumps({**known, key: best}, indent=2) + "\n")
     return best
