@@ -65,9 +65,14 @@ def test_cpu_peak_keeps_the_best_measurement_of_this_machine(monkeypatch: pytest
     assert peak_flops(torch.device("cpu"), torch.float32) == 7e10
 
 
-def test_measured_cpu_peak_is_plausible() -> None:
+def test_measured_cpu_peak_is_plausible_and_leaves_the_runs_random_numbers_alone() -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
     flops = throughput.measure_cpu_flops(torch.float32, size=256, seconds=0.05)
     assert 1e8 < flops < 1e14
+    # A run's data order and dropout come after this measurement; they must not depend on it.
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_fit_logs_tokens_per_second_and_mfu_between_zero_and_one(tmp_path) -> None:

@@ -36,8 +36,12 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 
 def measure_cpu_flops(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.3) -> float:
-    """Sustained FLOP/s of ``size x size`` matmuls on this CPU, at torch's current thread count."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    """Sustained FLOP/s of ``size x size`` matmuls on this CPU, at torch's current thread count.
+
+    Its random operands come from a generator of its own: drawing them from torch's global one would
+    change the run's data order and dropout, making results depend on whether this was measured."""
+    own = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=own, dtype=dtype) for _ in range(2))
     a @ b  # warm up the kernel and the caches
     runs, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds or runs < 2:
