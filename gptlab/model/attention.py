@@ -28,9 +28,9 @@ from gptlab.model.rope import apply_rope
 class LayerKVCache:
     """Keys and values of one attention layer, preallocated to the longest sequence to decode."""
 
-    def __init__(self, batch_size: int, n_heads: int, max_len: int, head_dim: int,
+    def __init__(self, batch_size: int, kv_heads: int, max_len: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype) -> None:
-        shape = (batch_size, n_heads, max_len, head_dim)
+        shape = (batch_size, kv_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
 
@@ -45,15 +45,16 @@ class LayerKVCache:
 class KVCache:
     """Per-layer key/value caches plus the number of positions already processed.
 
-    ``GPT.forward`` reads ``length`` to place new tokens and advances it after every call.
+    ``GPT.forward`` reads ``length`` to place new tokens and advances it after every call. Only the
+    key/value heads are stored (``kv_heads``: fewer than the query heads under grouped-query attention).
     """
 
-    def __init__(self, n_layers: int, batch_size: int, n_heads: int, max_len: int, head_dim: int,
+    def __init__(self, n_layers: int, batch_size: int, kv_heads: int, max_len: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         self.max_len = max_len
         self.length = 0
         self.layers = [
-            LayerKVCache(batch_size, n_heads, max_len, head_dim, torch.device(device), dtype)
+            LayerKVCache(batch_size, kv_heads, max_len, head_dim, torch.device(device), dtype)
             for _ in range(n_layers)
         ]
 

@@ -163,7 +163,7 @@ class GPT(nn.Module):
         return KVCache(
             n_layers=self.cfg.n_layers,
             batch_size=batch_size,
-            n_heads=self.cfg.kv_heads,
+            kv_heads=self.cfg.kv_heads,
             max_len=max_len or self.cfg.context_length,
             head_dim=self.cfg.head_dim,
             device=param.device,
