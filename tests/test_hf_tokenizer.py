@@ -124,6 +124,36 @@ def test_generate_uses_the_model_directorys_own_tokenizer(tokenizer_dir: Path, t
     assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
 
 
+def test_an_export_carries_its_tokenizer_and_a_run_generates_without_naming_it(tokenizer_dir: Path, tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture):
+    import torch
+
+    from gptlab import generate
+    from gptlab.cli.generate import main as generate_main
+    from gptlab.tasks import CausalLMTask
+
+    # A source directory that names its end-of-text token only in its config.json, as some do.
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
+    (source / "config.json").write_text(json.dumps({"eos_token_id": 1}))  # "</s>", not <|endoftext|> (2)
+    tokenizer = get_tokenizer(str(source))
+    assert tokenizer.eot_id == 1
+
+    torch.manual_seed(0)
+    task = CausalLMTask({"preset": "llama-micro", "vocab_size": 500, "context_length": 64, "n_layers": 2})
+    export = task.export(tmp_path / "run" / "model", tokenizer=tokenizer)
+    assert "emb_dim" in json.loads((export / "config.json").read_text())  # the model's config, not the source's
+    carried = get_tokenizer(str(export))
+    assert carried.eot_id == 1 and carried.encode(TEXTS[0]) == tokenizer.encode(TEXTS[0])
+
+    # gptlab-generate on the run directory finds its export's tokenizer.json: no --tokenizer.
+    assert generate_main([str(tmp_path / "run"), "--prompt", "I HAD always thought", "--max-new-tokens", "8",
+                          "--no-eos"]) == 0
+    expected = generate(task.gpt.eval(), torch.tensor([tokenizer.encode("I HAD always thought")]), 8)
+    assert capsys.readouterr().out == tokenizer.decode(expected[0].tolist()) + "\n"
+
+
 def test_the_run_summarys_generate_command_names_a_directory_tokenizer(tokenizer_dir: Path):
     from types import SimpleNamespace
 

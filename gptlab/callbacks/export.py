@@ -11,7 +11,9 @@ from gptlab.tasks.base import GPTTask
 
 
 class ExportModel(L.Callback):
-    """Write the task's export (``GPTTask.export``) to ``dirpath``; ``best=True`` exports the best checkpoint."""
+    """Write the task's export (``GPTTask.export``) to ``dirpath``; ``best=True`` exports the best checkpoint.
+
+    The data module's tokenizer goes with it where it has files of its own (``data.tokenizer=<dir>``)."""
 
     def __init__(self, dirpath: str = "model", best: bool = True) -> None:
         self.dirpath = Path(dirpath)
@@ -27,6 +29,6 @@ class ExportModel(L.Callback):
 
             best_path = str(consolidate_checkpoint(best_path))
         task = type(pl_module).from_task_checkpoint(best_path) if best_path else pl_module
-        task.export(self.dirpath)
+        task.export(self.dirpath, tokenizer=getattr(getattr(trainer, "datamodule", None), "tokenizer", None))
         source = f"best checkpoint {Path(best_path).name}" if best_path else "final weights"
         rank_zero_info(f"Exported the model ({source}) to {self.dirpath}")

@@ -142,8 +142,10 @@ def load_for_generation(source: str, tokenizer_name: str | None, device: str) ->
         raise ConfigError(f"--device {device!r} is not a valid device: {err}") from None
     model = load_pretrained(source).to(torch_device).eval()
     vocab = model.cfg.vocab_size
-    own = Path(source).expanduser() / HF_TOKENIZER_FILE
-    name = tokenizer_name or (str(own.parent) if own.is_file() else "byte" if vocab == ByteTokenizer.vocab_size else "gpt2")
+    # The model's own tokenizer.json: in the model directory, or in a run directory's model/ export.
+    own = next((d for d in (Path(source).expanduser(), Path(source).expanduser() / "model")
+                if (d / HF_TOKENIZER_FILE).is_file()), None)
+    name = tokenizer_name or (str(own) if own else "byte" if vocab == ByteTokenizer.vocab_size else "gpt2")
     tokenizer = get_tokenizer(name)
     if tokenizer.vocab_size > vocab:
         raise ConfigError(

@@ -213,9 +213,19 @@ class GPTTask(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     # Export
 
-    def export(self, directory: str | Path) -> Path:
-        """Write the trained model to ``directory`` atomically (an older export there is replaced)."""
-        return atomic_directory(directory, self.write_export, replaceable=_holds_export)
+    def export(self, directory: str | Path, tokenizer: Any = None) -> Path:
+        """Write the trained model to ``directory`` atomically (an older export there is replaced).
+
+        A ``tokenizer`` with files of its own (a model directory's ``tokenizer.json``: one with a
+        ``save(directory)`` method) goes beside the model, so the export needs no other directory.
+        """
+
+        def write(target: Path) -> None:
+            self.write_export(target)
+            if callable(save := getattr(tokenizer, "save", None)):
+                save(target)
+
+        return atomic_directory(directory, write, replaceable=_holds_export)
 
     def write_export(self, directory: Path) -> None:
         """The files of the export: a gptlab model (``save_model``), LoRA adapters merged.
