@@ -24,6 +24,8 @@ LLAMA = {"preset": "llama-micro", "vocab_size": 97, "context_length": 16, "n_lay
 #: Every linear layer of a Llama block: attention's four and SwiGLU's three.
 LLAMA_LINEARS = ("att.W_query", "att.W_key", "att.W_value", "att.out_proj", "ff.fc1", "ff.fc2", "ff.fc3")
 CONF = Path(__file__).resolve().parents[1] / "gptlab" / "conf"
+# Under `pytest -n N`, one worker runs this module (--dist loadgroup): each run starts from the one before.
+pytestmark = pytest.mark.xdist_group(__name__)
 
 
 def _trainable(task) -> set[str]:

@@ -20,6 +20,8 @@ from gptlab.cli import train as train_cli
 from gptlab.errors import ConfigError
 
 FAST = ["model=nano", "trainer=debug", "data.batch_size=4", "print_config=false"]
+# Under `pytest -n N`, one worker runs this module (--dist loadgroup): its tests share one finished run.
+pytestmark = pytest.mark.xdist_group(__name__)
 
 
 @pytest.fixture(scope="module")
