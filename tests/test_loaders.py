@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
-import pytest
 import torch
 from lightning.fabric.utilities import move_data_to_device
 from torch.overrides import TorchFunctionMode

@@ -86,9 +86,3 @@ def train_command(run_dir: Path, *overrides: str, check: bool = True) -> subproc
                              f"{result.stderr[-3000:]}")
     return result
 
-
-def error_line(result: subprocess.CompletedProcess) -> str:
-    """The command's one ``gptlab-train: error:`` line; it must exit with status 2."""
-    lines = [line for line in result.stderr.splitlines() if line.startswith("gptlab-train: error:")]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
-    return lines[0]
