@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from gptlab.callbacks.sample import tokenizer_of
 from gptlab.tasks.base import GPTTask
 
 
@@ -29,6 +30,6 @@ class ExportModel(L.Callback):
 
             best_path = str(consolidate_checkpoint(best_path))
         task = type(pl_module).from_task_checkpoint(best_path) if best_path else pl_module
-        task.export(self.dirpath, tokenizer=getattr(getattr(trainer, "datamodule", None), "tokenizer", None))
+        task.export(self.dirpath, tokenizer=tokenizer_of(trainer))
         source = f"best checkpoint {Path(best_path).name}" if best_path else "final weights"
         rank_zero_info(f"Exported the model ({source}) to {self.dirpath}")

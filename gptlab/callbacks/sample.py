@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 
@@ -14,6 +16,11 @@ def prompt_of(trainer: L.Trainer, prompt: str | None) -> str | None:
         return prompt
     from_data = getattr(getattr(trainer, "datamodule", None), "sample_prompt", None)
     return from_data if isinstance(from_data, str) and from_data else None
+
+
+def tokenizer_of(trainer: L.Trainer) -> Any:
+    """The data module's tokenizer, or None (no data module, or one without a tokenizer)."""
+    return getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
 
 
 class GenerateSample(L.Callback):
@@ -44,7 +51,7 @@ class GenerateSample(L.Callback):
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
         """The prompt and its completion as one line of text; None without a tokenizer."""
-        tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+        tokenizer = tokenizer_of(trainer)
         if tokenizer is None:
             return None
         prompt = prompt_of(trainer, self.prompt)

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from gptlab.callbacks.sample import GenerateSample, prompt_of
+from gptlab.callbacks.sample import GenerateSample, prompt_of, tokenizer_of
 from gptlab.callbacks.throughput import Throughput
 from gptlab.tokenizer import TOKENIZERS
 
@@ -79,7 +79,7 @@ class RunSummary(L.Callback):
             if sampler.top_k:
                 words += ["--top-k", str(sampler.top_k)]
             words += ["--seed", str(sampler.seed)]
-        tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+        tokenizer = tokenizer_of(trainer)
         if getattr(tokenizer, "name", "gpt2") not in TOKENIZERS:  # a model directory's tokenizer.json
             words += ["--tokenizer", str(tokenizer.name)]
         return " ".join(shlex.quote(word) for word in words)

@@ -63,14 +63,14 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
-    #: The source directory's files an export carries beside ``tokenizer.json`` (not its ``config.json``:
-    #: that is the model's, and the export writes its own).
-    COMPANION_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+    #: The source directory's files an export copies beside ``tokenizer.json``; not its ``config.json``
+    #: (that is the model's, and the export writes its own), and ``tokenizer_config.json`` is rewritten.
+    COMPANION_FILES = ("special_tokens_map.json", "generation_config.json")
 
     def save(self, directory: Path) -> None:
         """Write the files that rebuild this tokenizer into ``directory`` (a model export), so the
-        export decodes with ``get_tokenizer(directory)`` alone. ``tokenizer_config.json`` names the
-        end-of-text token, which the source may have taken from its ``config.json``."""
+        export decodes with ``get_tokenizer(directory)`` alone. Its ``tokenizer_config.json`` is the
+        source's with the end-of-text token named, which the source may have taken from its ``config.json``."""
         source = Path(self.name)
         (directory / HF_TOKENIZER_FILE).write_bytes((source / HF_TOKENIZER_FILE).read_bytes())
         for name in self.COMPANION_FILES:
