@@ -68,3 +68,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     stay together, so its module-scoped fixtures are built once per worker."""
     slow = Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[item.module.__name__])
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF (Q4_1), size and sha256 checked. Missing, it fails with
+    the line that installs it: no test that needs the real model is ever skipped."""
+    from gptlab.checkpoints.named import NAMED_MODELS, packaged_gguf
+
+    path = packaged_gguf("smollm2-135m-instruct")
+    if path is None:
+        pytest.fail(f"the real SmolLM2 GGUF is not installed: {NAMED_MODELS['smollm2-135m-instruct'].install_line}")
+    return path

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import tokenizers
 
 from gptlab.data.pretrain import PretrainDataModule
 from gptlab.errors import ConfigError
 from gptlab.tokenizer import END_OF_TEXT, TextEncoding, get_tokenizer
 
-tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
 
 SPECIALS = ["<s>", "</s>", END_OF_TEXT]

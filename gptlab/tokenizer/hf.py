@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import tokenizers
+
 from gptlab.errors import ConfigError
 from gptlab.tokenizer.bpe import END_OF_TEXT
 
@@ -25,10 +27,6 @@ class HFTokenizer:
     """
 
     def __init__(self, directory: Path) -> None:
-        try:
-            import tokenizers
-        except ImportError:
-            raise ConfigError(f"{directory}'s tokenizer needs the 'tokenizers' package: pip install 'gptlab[hf]'") from None
         self.name = str(directory)
         try:
             self.tokenizer = tokenizers.Tokenizer.from_file(str(directory / HF_TOKENIZER_FILE))
