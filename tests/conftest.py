@@ -74,7 +74,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def smollm2_gguf() -> Path:
     """The real SmolLM2-135M-Instruct GGUF (Q4_1), size and sha256 checked. Missing, it fails with
     the line that installs it: no test that needs the real model is ever skipped."""
-    from gptlab.checkpoints.named import NAMED_MODELS, packaged_gguf
+    from gptlab.named_models import NAMED_MODELS, packaged_gguf
 
     path = packaged_gguf("smollm2-135m-instruct")
     if path is None:

@@ -14,12 +14,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gptlab"
 #: A unit may import units of a strictly lower rank only; units of one rank stay apart.
 RANKS = {
     "errors": 0, "fileio": 0, "loggers": 0,
-    "tokenizer": 1, "prompts": 1, "extras": 1,
-    "model": 2, "sweeps": 2,
-    "generate": 3, "checkpoints": 3,
-    "data": 4, "tasks": 4, "evaluation": 4, "strategies": 4,
-    "callbacks": 5,
-    "cli": 6,
+    "named_models": 1,
+    "tokenizer": 2, "extras": 2,
+    "prompts": 3, "model": 3, "sweeps": 3,
+    "generate": 4, "checkpoints": 4,
+    "data": 5, "tasks": 5, "evaluation": 5, "strategies": 5, "inference": 5,
+    "callbacks": 6,
+    "cli": 7,
 }
 
 

@@ -1,4 +1,4 @@
-"""Real pretrained models by name: ``smollm2-135m-instruct`` and the places its weights come from.
+"""Real pretrained models by name (a shared leaf: weights and tokenizers both resolve names here): ``smollm2-135m-instruct`` and the places its weights come from.
 
 A named model resolves, in this order, to:
 
@@ -20,7 +20,6 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptlab.checkpoints.files import CONFIG_FILE, WEIGHTS_FILE
 from gptlab.errors import CheckpointError, first_line
 
 
@@ -35,7 +34,7 @@ class NamedModel:
     gguf_sha256: str
     hub_repo: str
     #: The files of the Hub repository that gptlab reads (weights, config, tokenizer).
-    hub_files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json",
+    hub_files: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                                   "generation_config.json")
 
     @property
@@ -113,7 +112,7 @@ def _download_from_hub(model: NamedModel) -> Path:
     except Exception:  # noqa: BLE001 - not cached (or a broken cache entry): download below
         pass
     try:
-        url = huggingface_hub.hf_hub_url(model.hub_repo, CONFIG_FILE)
+        url = huggingface_hub.hf_hub_url(model.hub_repo, model.hub_files[0])
         huggingface_hub.get_hf_file_metadata(url, timeout=_TIMEOUT_S)
         paths = [huggingface_hub.hf_hub_download(model.hub_repo, f, etag_timeout=_TIMEOUT_S) for f in model.hub_files]
     except Exception as err:  # noqa: BLE001 - any network/hub failure gets the same advice

@@ -1,0 +1,1 @@
+"""Opening any model for inference: one object with its model, tokenizer, prompt format and stop ids."""
