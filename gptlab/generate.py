@@ -16,7 +16,6 @@ import functools
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.nn import functional as F
 
 from gptlab.model.attention import KVCache
 from gptlab.model.gpt import GPT
@@ -46,38 +45,14 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def static_decode_step(model: GPT, token: torch.Tensor, position_ids: torch.Tensor, slot: torch.Tensor,
-                       visible: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-    """Next-token logits ``(B, vocab)`` of one new token per row, with shapes that never change.
-
-    The token's keys and values are written at cache position ``slot`` (a 1-element tensor) and
-    it attends over the whole cache, ``keys[i]``/``values[i]`` ``(B, kv_heads, S, head_dim)``, where
-    ``visible`` ``(B, S)`` is true. The block's own modules do the work, so it is ``GPT.forward``
-    for one token (in eval mode) with the cache's length fixed at ``S``.
-    """
-    x = model.embed(token, position_ids)
-    rope = model.rope(position_ids) if model.rope is not None else None
-    mask = visible[:, None, None, :]
-    for block, layer_keys, layer_values in zip(model.trf_blocks, keys, values):
-        att = block.att
-        q, k, v = att.project(block.norm1(x), rope)
-        layer_keys.index_copy_(2, slot, k)
-        layer_values.index_copy_(2, slot, v)
-        context = F.scaled_dot_product_attention(q, layer_keys, layer_values, attn_mask=mask,
-                                                 enable_gqa=att.grouped)
-        x = x + att.merge_heads(context)
-        x = x + block.ff(block.norm2(x))
-    return model.out_head(model.final_norm(x))[:, -1]
-
-
 @functools.cache
 def compiled_decode_step() -> Callable[..., torch.Tensor]:
-    """``static_decode_step`` under ``torch.compile``, built once per process (graphs per shape).
+    """``GPT.static_decode_step`` under ``torch.compile``, built once per process (graphs per shape).
 
     Not ``fullgraph``: past torch's recompile limit (many models or shapes in one process) a
     step then runs eagerly instead of failing.
     """
-    return torch.compile(static_decode_step, dynamic=False)
+    return torch.compile(GPT.static_decode_step, dynamic=False)
 
 
 @torch.inference_mode()
@@ -113,7 +88,7 @@ def _cache_size(needed: int, context_length: int, static: bool) -> int:
 
 
 class _StaticDecoder:
-    """Runs ``step`` (``static_decode_step``, compiled or not) on a cache the prompt was read into.
+    """Runs ``step`` (``GPT.static_decode_step``, compiled or not) on a cache the prompt was read into.
 
     Keeps what the step needs besides the cache: which positions are visible (written and not
     padding) and the next token's position id.

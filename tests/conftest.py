@@ -58,8 +58,10 @@ def eager_static_step(monkeypatch: pytest.MonkeyPatch) -> None:
     no compile time), for tests of the static cache's logic."""
     import importlib
 
+    from gptlab.model import GPT
+
     generation = importlib.import_module("gptlab.generate")  # the module, not gptlab.generate()
-    monkeypatch.setattr(generation, "compiled_decode_step", lambda: generation.static_decode_step)
+    monkeypatch.setattr(generation, "compiled_decode_step", lambda: GPT.static_decode_step)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

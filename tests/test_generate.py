@@ -204,8 +204,6 @@ def test_static_cache_step_matches_the_kv_cache(eager_static_step: None, attenti
 
 
 def test_static_cache_step_logits_equal_the_model_forward():
-    from gptlab.generate import static_decode_step
-
     model = tiny_gpt()
     batch, mask = left_padded([prompt(n, seed=n) for n in (4, 9)])
     extended = torch.cat([batch, prompt(2, seed=5).expand(2, -1)], dim=1)
@@ -218,8 +216,8 @@ def test_static_cache_step_logits_equal_the_model_forward():
         model(extended[:, :-1], attention_mask=full_mask[:, :-1], position_ids=positions[:, :-1], kv_cache=cache)
         visible = torch.zeros(2, 16, dtype=torch.bool)
         visible[:, :width] = full_mask.bool()
-        got = static_decode_step(model, extended[:, -1:], positions[:, -1:], torch.tensor([width - 1]), visible,
-                                 [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
+        got = model.static_decode_step(extended[:, -1:], positions[:, -1:], torch.tensor([width - 1]), visible,
+                                       [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 

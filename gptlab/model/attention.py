@@ -124,6 +124,22 @@ class MultiHeadAttention(nn.Module):
             context = self._sdpa_attention(queries, keys, values, attn_mask, cached=cache is not None)
         return self.merge_heads(context)
 
+    def static_step(self, x: torch.Tensor, rope: Rope | None, slot: torch.Tensor, visible: torch.Tensor,
+                    keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """One new token per row against a preallocated cache whose shapes never change.
+
+        Its key and value are written at cache position ``slot`` (a 1-element tensor) of ``keys`` /
+        ``values`` ``(B, kv_heads, S, head_dim)``, and it attends wherever ``visible`` ``(B, S)`` is
+        true: the same function as ``forward`` with a cache, but one ``torch.compile`` graph for
+        every step of a decode.
+        """
+        q, k, v = self.project(x, rope)
+        keys.index_copy_(2, slot, k)
+        values.index_copy_(2, slot, v)
+        context = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None, :],
+                                                 enable_gqa=self.grouped)
+        return self.merge_heads(context)
+
     @staticmethod
     def future_mask(num_queries: int, num_keys: int, device: torch.device) -> torch.Tensor:
         """True where a query must not look: keys after its own position (book section 3.5).

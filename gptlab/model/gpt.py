@@ -52,6 +52,12 @@ class TransformerBlock(nn.Module):
         x = self.ff(self.norm2(x))
         return self.drop_shortcut(x) + shortcut
 
+    def static_step(self, x: torch.Tensor, rope: Rope | None, slot: torch.Tensor, visible: torch.Tensor,
+                    keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``forward`` for one new token in eval mode, over a static cache (``MultiHeadAttention.static_step``)."""
+        x = x + self.att.static_step(self.norm1(x), rope, slot, visible, keys, values)
+        return x + self.ff(self.norm2(x))
+
 
 class GPT(nn.Module):
     """A GPT-2 style decoder-only transformer; ``model(idx)`` returns next-token logits.
@@ -131,6 +137,21 @@ class GPT(nn.Module):
 
         x = self.final_norm(x)
         return self.out_head(x)
+
+    def static_decode_step(self, token: torch.Tensor, position_ids: torch.Tensor, slot: torch.Tensor,
+                           visible: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        """Next-token logits ``(B, vocab)`` of one new token per row, with shapes that never change.
+
+        ``keys[i]`` / ``values[i]`` are layer ``i``'s preallocated cache ``(B, kv_heads, S, head_dim)``;
+        the token is written at position ``slot`` and attends wherever ``visible`` ``(B, S)`` is true.
+        This is ``forward`` for one token (in eval mode) with the cache's length fixed at ``S``, so
+        ``torch.compile`` builds one graph for every step of a decode.
+        """
+        x = self.embed(token, position_ids)
+        rope = self.rope(position_ids) if self.rope is not None else None
+        for block, layer_keys, layer_values in zip(self.trf_blocks, keys, values):
+            x = block.static_step(x, rope, slot, visible, layer_keys, layer_values)
+        return self.out_head(self.final_norm(x))[:, -1]
 
     def embed(self, in_idx: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings, plus learned position embeddings unless positions are rotary."""
