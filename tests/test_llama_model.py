@@ -300,13 +300,15 @@ def test_compiled_static_decoding_equals_eager_with_every_llama_and_qwen3_switch
 # Presets, FLOPs and config validation
 
 
-@pytest.mark.parametrize("preset, published", [("llama-3.2-1b", 1_235_814_400), ("qwen3-0.6b", 596_049_920)])
+@pytest.mark.parametrize("preset, published", [("llama-3.2-1b", 1_235_814_400), ("qwen3-0.6b", 596_049_920),
+                                               ("smollm2-135m", 134_515_008)])
 def test_preset_parameter_counts_equal_the_published_and_transformers(preset, published):
     import transformers
 
     cfg = GPTConfig.from_preset(preset)
     hf_class, hf_config = {
         "llama-3.2-1b": (transformers.LlamaForCausalLM, transformers.LlamaConfig),
+        "smollm2-135m": (transformers.LlamaForCausalLM, transformers.LlamaConfig),
         "qwen3-0.6b": (transformers.Qwen3ForCausalLM, transformers.Qwen3Config),
     }[preset]
     with torch.device("meta"):

@@ -177,7 +177,7 @@ def test_help_lists_groups_overrides_and_where_runs_go(monkeypatch: pytest.Monke
     for group in ("model", "data", "task", "trainer", "logger", "callbacks", "experiment"):
         assert any(line.strip().startswith(group + " ") for line in out.splitlines()), group
     assert ("model: gpt2-large, gpt2-medium, gpt2-small, gpt2-xl, llama-3.2-1b, llama-micro, llama-mini, micro, mini, "
-            "nano, qwen3-0.6b") in out
+            "nano, qwen3-0.6b, smollm2-135m") in out
     assert "model.n_layers=8" in out and "runs/DATE/TIME/" in out
 
 
