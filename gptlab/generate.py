@@ -13,7 +13,7 @@ additions fused. The prompt itself still runs eagerly.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -57,15 +57,16 @@ def compiled_decode_step() -> Callable[..., torch.Tensor]:
 
 @torch.inference_mode()
 def stream_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+                  top_k: int | None = None, top_p: float | None = None, eos_id: int | Sequence[int] | None = None,
                   attention_mask: torch.Tensor | None = None, use_cache: bool = True,
                   generator: torch.Generator | None = None,
                   vocab_limit: int | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next ids, ``(batch, 1)``, one step at a time.
 
     ``attention_mask`` (1 = token, 0 = padding) supports left-padded batches of prompts of
-    different lengths. A row that has produced ``eos_id`` keeps producing ``eos_id``; generation
-    stops once every row has. ``vocab_limit`` keeps ids below it: a vocabulary padded past the
+    different lengths. ``eos_id`` is one stop id or several (a chat model ends its turn with
+    ``<|im_end|>`` and its documents with its EOS): a row that has produced one keeps producing
+    it; generation stops once every row has. ``vocab_limit`` keeps ids below it: a vocabulary padded past the
     tokenizer's (e.g. 50304 for 50257) has rows that decode to no text. ``compile=True`` runs
     the one-token steps as a compiled graph over a static cache (it implies ``use_cache``); the
     first call per batch size and cache size pays for the compilation.
@@ -116,14 +117,23 @@ class _StaticDecoder:
         return logits
 
 
+def _stop_tensor(eos_id: int | Sequence[int] | None, device: torch.device) -> torch.Tensor | None:
+    if eos_id is None:
+        return None
+    ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+
+
 def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float,
-            top_k: int | None, top_p: float | None, eos_id: int | None,
+            top_k: int | None, top_p: float | None, eos_id: int | Sequence[int] | None,
             attention_mask: torch.Tensor | None, use_cache: bool,
             generator: torch.Generator | None, vocab_limit: int | None,
             static_step: Callable[..., torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
     context_length = model.cfg.context_length
     batch_size = idx.shape[0]
     finished = torch.zeros(batch_size, 1, dtype=torch.bool, device=idx.device)
+    stops = _stop_tensor(eos_id, idx.device)
+    last = torch.zeros(batch_size, 1, dtype=torch.long, device=idx.device)  # each finished row's stop id
     if attention_mask is not None:
         attention_mask = attention_mask.to(idx.device).long()
 
@@ -151,11 +161,12 @@ def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
             if static_step is not None and cache is not None:
                 static = _StaticDecoder(static_step, cache, mask, pos, feed.shape[1], batch_size, idx.device)
         next_id = sample_next_token(last_logits[:, :vocab_limit], temperature, top_k, top_p, generator)
-        if eos_id is not None:
-            next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
-            finished |= next_id == eos_id
+        if stops is not None:
+            next_id = torch.where(finished, last, next_id)
+            last = next_id
+            finished |= torch.isin(next_id, stops)
         yield next_id
-        if eos_id is not None and bool(finished.all()):
+        if stops is not None and bool(finished.all()):
             return
         tokens = torch.cat([tokens, next_id], dim=1)[:, -context_length:]
         if mask is not None:
@@ -163,14 +174,14 @@ def _decode(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: flo
 
 
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | Sequence[int] | None = None,
              attention_mask: torch.Tensor | None = None, use_cache: bool = True,
              generator: torch.Generator | None = None, vocab_limit: int | None = None,
              compile: bool = False) -> torch.Tensor:
     """``idx`` followed by up to ``max_new_tokens`` generated ids (book's ``generate``).
 
-    Stops early once every row has produced ``eos_id``; the ``eos_id`` itself is part of the
-    output, and rows that finished first are filled with it. ``compile``: see ``stream_tokens``.
+    Stops early once every row has produced a stop id (``eos_id``: one or several); the stop id
+    itself is part of the output, and rows that finished first are filled with theirs. ``compile``: see ``stream_tokens``.
     """
     new = list(stream_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id,
                              attention_mask, use_cache, generator, vocab_limit, compile))

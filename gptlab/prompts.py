@@ -1,10 +1,19 @@
-"""Prompt styles for instruction data (book chapter 7): how a record becomes a prompt and a response.
+"""Prompt formats: how a record or a conversation becomes the text a model completes (book chapter 7).
 
-Training, response generation, chat and preference tuning must format prompts identically, so
-all of them ask this module. A style turns a record (``instruction``, optional ``input``) into the
-prompt text, everything up to where the response starts; the response text follows it directly.
-Keeping the two apart lets a collate function tokenize them separately, so a prompt mask ends
-exactly at the response's first token.
+Training, response generation, chat, preference tuning and serving must format prompts
+identically, so all of them ask this module. Every format is one mechanism, a Jinja chat template
+(the form Hugging Face and GGUF files carry, rendered in ``tokenizer.chat_template``'s sandbox):
+
+* gptlab's registered styles (``alpaca``, the book's; ``phi3``, its exercise 7.1; ``chatml``) are
+  chat templates written here, so a model fine-tuned in gptlab exports its format as a template
+  that llama.cpp and ``transformers`` apply too;
+* a pretrained model's own template (a GGUF's ``tokenizer.chat_template``) becomes a
+  ``PromptStyle`` through ``PromptStyle.from_chat_template``.
+
+A record (``instruction``, optional ``input``) is one user message, its input shown by the
+style's ``input_template``; its prompt is that message rendered with the generation prompt, and
+the response text follows it directly. Keeping prompt and response apart lets a collate function
+tokenize them separately, so a prompt mask ends exactly at the response's first token.
 
 Styles are a registry: ``register_style(PromptStyle(...))`` adds one, and ``data.prompt_style``
 names it.
@@ -12,64 +21,136 @@ names it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gptlab.errors import ConfigError
+from gptlab.tokenizer.chat_template import ChatTemplate
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
 )
+#: Stands in for a message's text while a template's fixed parts are read off a rendering.
+_PROBE = "\x00probe\x00"
+Message = Mapping[str, str]
+
+
+def _section_template(user: str, assistant: str, generation: str, default_system: str = "") -> str:
+    """A chat template of plain sections: an optional system text, then each turn as ``user`` or
+    ``assistant`` (Jinja expressions over ``message``), then ``generation`` to open the response."""
+    return (
+        "{%- set ns = namespace(system=" + repr(default_system) + ") -%}"
+        "{%- for message in messages if message['role'] == 'system' -%}{%- set ns.system = message['content'] -%}"
+        "{%- endfor -%}{{ ns.system }}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}{{ " + user + " }}"
+        "{%- elif message['role'] == 'assistant' -%}{{ " + assistant + " }}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ " + repr(generation) + " }}{%- endif -%}"
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(source: str, bos_token: str | None, eos_token: str | None) -> ChatTemplate:
+    return ChatTemplate(source, bos_token=bos_token, eos_token=eos_token)
 
 
 @dataclass(frozen=True)
 class PromptStyle:
-    """One prompt format.
+    """One prompt format: a chat template, how a record's input is shown, and where a response ends.
 
     Attributes:
-        name: the registry key (``data.prompt_style=NAME``).
-        template: the prompt with ``{instruction}`` and ``{input_block}`` fields; ends where the
-            response begins.
-        input_template: how a non-empty ``input`` is shown (``{input}``); empty inputs show nothing.
-        stop: text that marks the start of a new section: a response ends before it.
+        name: the registry key (``data.prompt_style=NAME``), or the model's name for its own template.
+        chat_template: the Jinja template of a conversation (``messages``, ``add_generation_prompt``).
+        input_template: how a record's non-empty ``input`` joins its instruction (``{input}``).
+        stop: text that ends a response (the next section, or an end-of-turn marker).
+        bos_token, eos_token: the values templates may insert as ``bos_token`` / ``eos_token``.
     """
 
     name: str
-    template: str
+    chat_template: str
     input_template: str
     stop: str
+    bos_token: str | None = None
+    eos_token: str | None = None
+
+    @classmethod
+    def from_chat_template(cls, name: str, chat_template: str, bos_token: str | None = None,
+                           eos_token: str | None = None) -> PromptStyle:
+        """A model's own template as a style: a record's input follows its instruction after a blank
+        line, and a response ends where the template closes an assistant turn (e.g. ``<|im_end|>``)."""
+        stops = _compiled(chat_template, bos_token, eos_token).stop_strings
+        return cls(name, chat_template, "\n\n{input}", stops[0] if stops else "", bos_token, eos_token)
+
+    @property
+    def template(self) -> ChatTemplate:
+        return _compiled(self.chat_template, self.bos_token, self.eos_token)
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """A conversation (``role``/``content`` dicts) as the text the model continues."""
+        return self.template.render([dict(m) for m in messages], add_generation_prompt=add_generation_prompt)
+
+    def user_message(self, record: Mapping[str, str]) -> dict[str, str]:
+        """A record as one user message: its instruction, then its input (if any)."""
+        text = record.get("input") or ""
+        return {"role": "user", "content": record["instruction"] + (self.input_template.format(input=text) if text else "")}
 
     def prompt(self, record: Mapping[str, str]) -> str:
         """The prompt for ``record``: everything the model sees before its response."""
-        text = record.get("input") or ""
-        input_block = self.input_template.format(input=text) if text else ""
-        return self.template.format(instruction=record["instruction"], input_block=input_block)
+        return self.render([self.user_message(record)])
 
     def example(self, record: Mapping[str, str], response: str | None = None) -> str:
         """The prompt followed by ``response`` (default: the record's ``output``)."""
         return self.prompt(record) + (record["output"] if response is None else response)
 
+    @property
+    def response_prefix(self) -> str:
+        """What the template puts between the last user message and the response."""
+        return self.render([{"role": "user", "content": _PROBE}]).rsplit(_PROBE, 1)[1]
+
     def extract_response(self, text: str) -> str:
-        """The response in a generated ``text`` (prompt included or not), up to the next section."""
-        head = self.template.split("{input_block}")[-1].format(instruction="")
-        if head and head in text:
+        """The response in a generated ``text`` (prompt included or not), up to where it ends."""
+        head = self.response_prefix
+        if head.strip() and head in text:
             text = text.rsplit(head, 1)[1]
-        return text.split(self.stop, 1)[0].strip()
+        return (text.split(self.stop, 1)[0] if self.stop else text).strip()
+
+    def to_record(self) -> dict[str, Any]:
+        """What a run records of its format (``prompt.json``): the style's name and its template."""
+        return {"prompt_style": self.name, "chat_template": self.chat_template, "input_template": self.input_template,
+                "stop": self.stop}
 
 
 ALPACA = PromptStyle(
     name="alpaca",
-    template=f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{{instruction}}{{input_block}}\n\n### Response:\n",
+    chat_template=_section_template("'\\n\\n### Instruction:\\n' + message['content']",
+                                    "'\\n\\n### Response:\\n' + message['content']",
+                                    "\n\n### Response:\n", ALPACA_PREAMBLE),
     input_template="\n\n### Input:\n{input}",
     stop="\n###",
 )
 #: Phi-3's chat format, the book's exercise 7.1.
 PHI3 = PromptStyle(
     name="phi3",
-    template="<|user|>\n{instruction}{input_block}\n<|assistant|>\n",
+    chat_template=_section_template("'<|user|>\\n' + message['content'] + '\\n'",
+                                    "'<|assistant|>\\n' + message['content'] + '\\n'", "<|assistant|>\n"),
     input_template="\n{input}",
     stop="\n<|",
+)
+#: ChatML (``<|im_start|>role ... <|im_end|>``), the format of SmolLM2, Qwen and many others.
+CHATML = PromptStyle(
+    name="chatml",
+    chat_template=(
+        "{%- for message in messages -%}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+    ),
+    input_template="\n\n{input}",
+    stop="<|im_end|>",
 )
 
 PROMPT_STYLES: dict[str, PromptStyle] = {}
@@ -90,8 +171,22 @@ def get_style(name: str | PromptStyle) -> PromptStyle:
     return PROMPT_STYLES[name]
 
 
-for _style in (ALPACA, PHI3):
+for _style in (ALPACA, PHI3, CHATML):
     register_style(_style)
+
+
+def style_from_record(record: Mapping[str, Any]) -> PromptStyle:
+    """The style a run recorded (``PromptStyle.to_record``): the registered one of that name, else
+    the recorded template (a model's own, fine-tuned further)."""
+    name = record.get("prompt_style")
+    if isinstance(name, str) and name in PROMPT_STYLES:
+        return PROMPT_STYLES[name]
+    template = record.get("chat_template")
+    if isinstance(name, str) and isinstance(template, str):
+        return PromptStyle(name, template, str(record.get("input_template") or "\n\n{input}"),
+                           str(record.get("stop") or ""))
+    raise ConfigError(f"unknown prompt style {name!r} and no chat template recorded; "
+                      f"registered styles: {', '.join(PROMPT_STYLES)}")
 
 
 # The Alpaca functions chat and older callers use; each is the ``alpaca`` style.

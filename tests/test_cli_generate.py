@@ -10,12 +10,10 @@ import torch
 
 from gptlab import GPT, GPTConfig, generate
 from gptlab.checkpoints import load_model, save_model
-from gptlab.cli import chat as chat_cli
 from gptlab.cli.chat import main as chat_main
-from gptlab.cli.chat import response_pieces
-from gptlab.cli.generate import StopStreamer, TextStreamer
 from gptlab.cli.generate import main as generate_main
-from gptlab.prompts import extract_response, format_example, format_input, format_prompt
+from gptlab.inference import LLM, StopStreamer, TextStreamer
+from gptlab.prompts import ALPACA, extract_response, format_example, format_input, format_prompt
 from gptlab.tokenizer import get_tokenizer
 
 
@@ -102,7 +100,7 @@ def test_generate_reads_the_prompt_from_stdin(bpe_model: Path, capsys: pytest.Ca
         (["/no/such/model", "--prompt", "x"], "does not exist"),
         (["gpt5", "--prompt", "x"], "valid names: gpt2, gpt2-medium"),
         (["{byte}", "--prompt", "x", "--tokenizer", "gpt2"], "tokenizer 'gpt2' has 50257 ids"),
-        (["{byte}", "--prompt", "x", "--top-p", "1.5"], "--top-p must lie in"),
+        (["{byte}", "--prompt", "x", "--top-p", "1.5"], "top_p must lie in"),
     ],
 )
 def test_generate_errors_are_one_line_and_exit_2(byte_model: Path, capsys: pytest.CaptureFixture,
@@ -156,14 +154,22 @@ def test_chat_answers_each_piped_line(bpe_model: Path, capsys: pytest.CaptureFix
     monkeypatch.setattr("sys.stdin", io.StringIO("Name a color.\n\nName an animal.\n"))
     prompts: list[str] = []
 
-    def scripted(model, tokenizer, prompt_ids, args, generator):
-        prompts.append(tokenizer.decode(prompt_ids))
-        yield from ["Blue", ".", "\n\n", "###", " Instruction:"] if len(prompts) == 1 else ["A", " cat", "."]
+    def scripted(llm, prompt_ids, sampling, stop, generator):
+        prompts.append(llm.tokenizer.decode(prompt_ids))
+        yield from ["Blue", ".", "\n\n", "###", " Instruction:"] if len(prompts) % 2 else ["A", " cat", "."]
 
-    monkeypatch.setattr(chat_cli, "stream_text", scripted)
+    monkeypatch.setattr(LLM, "stream_text", scripted)
     assert chat_main([str(bpe_model)]) == 0
     assert capsys.readouterr().out == "Blue.\nA cat.\n"
-    assert prompts == [format_prompt("Name a color."), format_prompt("Name an animal.")]
+    # Turn after turn: the second prompt holds the first exchange, as the Alpaca format writes it.
+    first = {"role": "user", "content": "Name a color."}
+    assert prompts == [format_prompt("Name a color."),
+                       ALPACA.render([first, {"role": "assistant", "content": "Blue."},
+                                      {"role": "user", "content": "Name an animal."}])]
+    assert prompts[1] == format_prompt("Name a color.") + "Blue.\n\n### Instruction:\nName an animal.\n\n### Response:\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO("Name a color.\n\nName an animal.\n"))
+    assert chat_main([str(bpe_model), "--no-history"]) == 0
+    assert prompts[2:] == [format_prompt("Name a color."), format_prompt("Name an animal.")]
 
 
 def test_chat_runs_a_real_model_end_to_end(byte_model: Path, capsys: pytest.CaptureFixture,
@@ -173,7 +179,8 @@ def test_chat_runs_a_real_model_end_to_end(byte_model: Path, capsys: pytest.Capt
     out = capsys.readouterr().out
     prompt = format_prompt("Say something.")
     continuation = reference(byte_model, "byte", prompt, 10)[len(prompt):]
-    assert out == "".join(response_pieces(iter([continuation]))) + "\n"
+    stopper = StopStreamer([ALPACA.stop], context="\n")
+    assert out == stopper.push(continuation) + stopper.flush() + "\n"
 
 
 def test_chat_error_is_one_line(capsys: pytest.CaptureFixture):

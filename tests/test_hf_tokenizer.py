@@ -8,7 +8,6 @@ downloaded.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -92,15 +91,11 @@ def test_data_modules_take_a_tokenizer_directory(tokenizer_dir: Path, verdict_pa
     assert encoding.pad_token_id == 1 and encoding.load_tokenizer() is dm.tokenizer
 
 
-def test_bad_tokenizer_paths_are_one_line_errors(tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch):
+def test_bad_tokenizer_paths_are_one_line_errors(tmp_path: Path):
     with pytest.raises(ConfigError, match="unknown tokenizer .*or a directory with a tokenizer.json"):
         get_tokenizer(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read .*tokenizer.json"):
-        get_tokenizer(str(tmp_path))
-    monkeypatch.setitem(sys.modules, "tokenizers", None)
-    (tmp_path / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
-    with pytest.raises(ConfigError, match=r"needs the 'tokenizers' package: pip install 'gptlab\[hf\]'"):
         get_tokenizer(str(tmp_path))
 
 

@@ -107,8 +107,8 @@ def test_phi3_style_and_bad_settings_are_one_clear_error(records_path: Path, tmp
     dm = InstructionDataModule(path=str(records_path), prompt_style="phi3")
     dm.setup()
     assert dm.sample_prompt.startswith("<|user|>\n") and dm.sample_prompt.endswith("<|assistant|>\n")
-    with pytest.raises(ConfigError, match="unknown prompt style 'chatml'"):
-        InstructionDataModule(prompt_style="chatml")
+    with pytest.raises(ConfigError, match="unknown prompt style 'vicuna'"):
+        InstructionDataModule(prompt_style="vicuna")
     with pytest.raises(DataError, match="allowed_max_length must be at least 2"):
         InstructionDataModule(allowed_max_length=1)
     with pytest.raises(DataError, match="data file not found"):
@@ -153,13 +153,14 @@ def test_instruct_experiment_is_the_books_chapter7_run():
 def test_instruct_scratch_trains_and_records_its_prompt_style(tmp_path: Path, records_path: Path):
     import csv
 
-    from gptlab.callbacks.prompt_style import read_prompt_style
+    from gptlab.checkpoints.runs import RunFiles
+    from gptlab.prompts import get_style
 
     run = tmp_path / "run"
     train_here(run, "experiment=instruct_scratch", f"data.path={records_path}", "model=nano",
                "data.prompt_style=phi3", "data.mask_prompt=true", "trainer.max_steps=4",
                "trainer.val_check_interval=2", "trainer.limit_val_batches=2", "callbacks.sample=null",
                "print_config=false")
-    assert read_prompt_style(run) == "phi3" and read_prompt_style(run / "model") == "phi3"
-    assert json.loads((run / "model" / "prompt.json").read_text()) == {"prompt_style": "phi3"}
+    assert RunFiles.find(run).prompt_record()["prompt_style"] == "phi3"
+    assert json.loads((run / "model" / "prompt.json").read_text()) == get_style("phi3").to_record()
     assert any(row.get("val/loss") for row in csv.DictReader((run / "metrics.csv").open()))

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlab.callbacks.prompt_style import read_prompt_style, write_prompt_style
+from gptlab.callbacks.prompt_style import write_prompt_style
+from gptlab.checkpoints.runs import RunFiles
 from gptlab.checkpoints import save_model
 from gptlab.cli.respond import main
 from gptlab.generate import generate
 from gptlab.model import GPT, GPTConfig
+from gptlab.inference import LLM
 from gptlab.prompts import get_style
 from gptlab.tokenizer import get_tokenizer
 
@@ -96,9 +98,10 @@ def test_a_rerun_after_a_crash_answers_only_the_missing_records(model_dir: Path,
 
 
 def test_the_prompt_style_is_read_from_the_run(model_dir: Path):
-    assert read_prompt_style(model_dir) == "phi3"
-    assert read_prompt_style(model_dir.parent) == "phi3"
-    assert read_prompt_style("gpt2") is None
+    assert RunFiles.find(model_dir).prompt_record()["prompt_style"] == "phi3"
+    assert RunFiles.find(model_dir.parent).prompt_record()["prompt_style"] == "phi3"
+    assert RunFiles.find("gpt2").prompt_record() is None
+    assert LLM.load(model_dir).style == get_style("phi3")
 
 
 def test_bad_input_is_one_clear_line(model_dir: Path, data_file: Path, tmp_path: Path, capsys):
@@ -114,7 +117,7 @@ def test_bad_input_is_one_clear_line(model_dir: Path, data_file: Path, tmp_path:
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
     assert "is not valid JSON" in error(str(model_dir), "--data", str(bad), "--out", out)
-    assert "--max-new-tokens must be >= 0" in error(str(model_dir), "--data", str(data_file), "--split", "all",
+    assert "max_new_tokens must be >= 0" in error(str(model_dir), "--data", str(data_file), "--split", "all",
                                                     "--out", out, "--max-new-tokens", "-1")
     respond(model_dir, data_file, tmp_path / "o.jsonl")
     message = error(str(model_dir), "--data", str(data_file), "--split", "all", "--out", out,
@@ -130,11 +133,11 @@ def test_chat_uses_the_prompt_style_recorded_with_the_model(model_dir: Path, cap
     monkeypatch.setattr("sys.stdin", io.StringIO("Name a color.\n"))
     prompts: list[str] = []
 
-    def scripted(model, tokenizer, prompt_ids, args, generator):
-        prompts.append(tokenizer.decode(prompt_ids))
+    def scripted(llm, prompt_ids, sampling, stop, generator):
+        prompts.append(llm.tokenizer.decode(prompt_ids))
         yield from ["Blue", ".", "\n", "<|user|>", "\nmore"]
 
-    monkeypatch.setattr(chat, "stream_text", scripted)
+    monkeypatch.setattr(LLM, "stream_text", scripted)
     assert chat.main([str(model_dir)]) == 0
     assert capsys.readouterr().out == "Blue.\n"
     assert prompts == [get_style("phi3").prompt({"instruction": "Name a color.", "input": ""})]

@@ -1,9 +1,10 @@
-"""Record the prompt style a model was instruction-tuned with, beside its run and its export.
+"""Record the prompt format a model was instruction-tuned with, beside its run and its export.
 
 A model answers well only in the prompt format it was trained on, so the format travels with it:
-``prompt.json`` (``{"prompt_style": "alpaca"}``) is written into the run directory when fitting
-starts and into the exported model directory when it ends. ``read_prompt_style`` finds it again
-for ``gptlab-chat`` and ``gptlab-respond``.
+``prompt.json`` (``PromptStyle.to_record``: the style's name, its chat template, how a record's
+input is shown and where a response stops) is written into the run directory when fitting starts
+and into the exported model directory when it ends. ``gptlab.inference.LLM`` reads it back
+(through ``checkpoints.runs.RunFiles``) for every inference command.
 """
 
 from __future__ import annotations
@@ -14,34 +15,15 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlab.checkpoints.runs import PROMPT_FILE
 from gptlab.fileio import atomic_write_text
-
-PROMPT_FILE = "prompt.json"
-
-
-def write_prompt_style(directory: str | Path, style: str) -> Path:
-    """Write ``directory/prompt.json`` naming ``style``."""
-    return atomic_write_text(Path(directory) / PROMPT_FILE, json.dumps({"prompt_style": style}, indent=2) + "\n")
+from gptlab.prompts import PromptStyle, get_style
 
 
-def read_prompt_style(source: str | Path) -> str | None:
-    """The prompt style recorded for a model ``source`` (an export, a run directory or a checkpoint
-    inside one), or ``None`` when nothing is recorded, e.g. for a GPT-2 name."""
-    path = Path(source).expanduser()
-    if not path.exists():
-        return None
-    base = path if path.is_dir() else path.parent
-    # An export (model/), its run directory, or the run directory of checkpoints/*.ckpt.
-    for directory in (base, base / "model", base.parent):
-        file = directory / PROMPT_FILE
-        if file.is_file():
-            try:
-                style = json.loads(file.read_text(encoding="utf-8")).get("prompt_style")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            if isinstance(style, str):
-                return style
-    return None
+def write_prompt_style(directory: str | Path, style: str | PromptStyle) -> Path:
+    """Write ``directory/prompt.json`` recording ``style``."""
+    record = get_style(style).to_record()
+    return atomic_write_text(Path(directory) / PROMPT_FILE, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
 class RecordPromptStyle(L.Callback):

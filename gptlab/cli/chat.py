@@ -1,10 +1,13 @@
-"""``gptlab-chat``: ask an instruction-tuned model (book chapter 7) one instruction after another.
+"""``gptlab-chat``: talk to an instruction-tuned or chat model, one message per line, turn after turn.
 
-Each line read from standard input is one instruction, wrapped in the prompt style the model
-was fine-tuned with (recorded in its run as ``prompt.json``; Alpaca when nothing is recorded);
-the response streams back until ``<|endoftext|>`` or until the model starts a new section. Works interactively and with piped input::
+Each line read from standard input is the user's next message. The conversation so far is
+rendered in the model's prompt format (``LLM``: the style its run recorded, else its own chat
+template such as SmolLM2's ChatML, else Alpaca), and the reply streams back until the model's
+stop token (``<|endoftext|>``, ``<|im_end|>``) or its format's end of turn. ``/reset`` starts a new
+conversation. Works interactively and with piped input::
 
-    gptlab-chat runs/instruct
+    gptlab-chat smollm2-135m-instruct
+    gptlab-chat runs/instruct --no-history        # each line on its own, as the book's chapter 7
     echo "Name the capital of France." | gptlab-chat runs/instruct
 """
 
@@ -12,49 +15,40 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-from gptlab.callbacks.prompt_style import read_prompt_style
 from gptlab.cli import run_command
-from gptlab.cli.generate import StopStreamer, add_sampling_arguments, emit_line, prepare, stream_text
-from gptlab.prompts import ALPACA, PROMPT_STYLES, get_style
+from gptlab.cli.generate import add_sampling_arguments, emit, open_model, sampling_of
+from gptlab.prompts import PROMPT_STYLES
 
 PROG = "gptlab-chat"
 EXIT_WORDS = ("exit", "quit", ":q")
+RESET = "/reset"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Answer instructions read from standard input, one per line, with an instruction-tuned GPT.",
+        prog=PROG, description="Chat with an instruction-tuned GPT: one message per line on standard input.",
     )
     add_sampling_arguments(parser, max_new_tokens=256)
     parser.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default=None,
-                        help="default: the style recorded with the model, else alpaca")
+                        help="default: the style recorded with the model, else its chat template, else alpaca")
+    parser.add_argument("--system", default=None, help="a system message to open the conversation with")
+    parser.add_argument("--history", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep earlier turns in the prompt (default: on); off answers each line alone")
     return parser
 
 
-def response_pieces(pieces: Iterator[str], stop: str = ALPACA.stop) -> Iterator[str]:
-    """The response text, cut where the model opens a new section (``stop``, e.g. ``\n###``)."""
-    # The prompt ends in a newline, so a response that itself starts with "###" stops at once.
-    stopper = StopStreamer([stop], context="\n")
-    for piece in pieces:
-        out = stopper.push(piece)
-        if out:
-            yield out
-        if stopper.stopped:
-            return
-    tail = stopper.flush()
-    if tail:
-        yield tail
-
-
 def run(args: argparse.Namespace) -> None:
-    style = get_style(args.prompt_style or read_prompt_style(args.source) or "alpaca")
-    model, tokenizer, generator = prepare(args)
+    sampling = sampling_of(args)
+    llm = open_model(args, prompt_style=args.prompt_style)
+    generator = llm.generator(args.seed)
+    opening = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(opening)
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"{model.cfg.name} ready; type an instruction (Ctrl-D or 'exit' to quit).")
+        print(f"{llm.model.cfg.name} ready ({llm.style.name} format); type a message ({RESET} to start over, "
+              "Ctrl-D or 'exit' to quit).")
     while True:
         if interactive:
             sys.stdout.write("> ")
@@ -62,14 +56,21 @@ def run(args: argparse.Namespace) -> None:
         line = sys.stdin.readline()
         if not line:
             break
-        instruction = line.strip()
-        if not instruction:
+        text = line.strip()
+        if not text:
             continue
-        if interactive and instruction.lower() in EXIT_WORDS:
+        if interactive and text.lower() in EXIT_WORDS:
             break
-        prompt_ids = tokenizer.encode(style.prompt({"instruction": instruction, "input": ""}))
-        pieces = stream_text(model, tokenizer, prompt_ids, args, generator)
-        emit_line(response_pieces(pieces, style.stop), args.stream)
+        if text == RESET:
+            messages = list(opening)
+            continue
+        if not args.history:
+            messages = list(opening)
+        messages.append({"role": "user", "content": text})
+        reply = emit(llm.chat_stream(messages, sampling, generator, args.eos), sys.stdout, args.stream)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": reply})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

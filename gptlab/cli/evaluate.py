@@ -19,10 +19,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gptlab.callbacks.prompt_style import read_prompt_style
 from gptlab.cli import run_command
-from gptlab.cli.generate import load_for_generation
+from gptlab.cli.respond import add_split_arguments, split_settings
 from gptlab.errors import ConfigError, DataError
+from gptlab.inference import LLM
 from gptlab.prompts import PROMPT_STYLES
 from gptlab.tokenizer import TOKENIZERS
 
@@ -34,16 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ppl = commands.add_parser("perplexity", help="perplexity of a model on a text file or an instruction split")
-    ppl.add_argument("source", help="a model or run directory, a checkpoint, or a GPT-2 name")
+    ppl.add_argument("source", help="a model or run directory, a checkpoint, a .gguf, or a model name")
     what = ppl.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="a UTF-8 text file, scored in consecutive context-length windows")
     what.add_argument("--data", help="instruction records (JSON/JSONL/URL/hf:NAME), split as in training")
     ppl.add_argument("--split", choices=("train", "val", "test"), default="val")
     ppl.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default=None,
                      help="default: the style recorded with the model, else alpaca")
-    ppl.add_argument("--mask-prompt", action="store_true", help="score the response tokens only")
-    ppl.add_argument("--shuffle", action="store_true", help="the split was shuffled (data.shuffle=true)")
-    ppl.add_argument("--split-seed", type=int, default=123)
+    ppl.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=None,
+                     help="score the response tokens only (default: as the run was trained, data.mask_prompt)")
+    add_split_arguments(ppl)
     ppl.add_argument("--batch-size", type=int, default=8)
     ppl.add_argument("--tokenizer", default=None, help=f"{', '.join(TOKENIZERS)} or a directory with a tokenizer.json")
     ppl.add_argument("--device", default="auto")
@@ -70,7 +70,8 @@ def run_perplexity(args: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.text is not None and not Path(args.text).is_file():
         raise DataError(f"text file not found: {args.text}")
-    model, tokenizer = load_for_generation(args.source, args.tokenizer, args.device)
+    llm = LLM.load(args.source, tokenizer=args.tokenizer, prompt_style=args.prompt_style, device=args.device)
+    model, tokenizer = llm.model, llm.tokenizer
     context = model.cfg.context_length
     if args.text is not None:
         ids = tokenizer.encode(Path(args.text).read_text(encoding="utf-8"))
@@ -81,13 +82,15 @@ def run_perplexity(args: argparse.Namespace) -> None:
     else:
         from gptlab.data.instruction import InstructionDataModule
 
-        style = args.prompt_style or read_prompt_style(args.source) or "alpaca"
-        data = InstructionDataModule(path=args.data, sha256=None, tokenizer=tokenizer.name, prompt_style=style,
-                                     mask_prompt=args.mask_prompt, allowed_max_length=context, drop_last=False,
-                                     eval_batch_size=args.batch_size, shuffle=args.shuffle, seed=args.split_seed)
+        mask_prompt = args.mask_prompt if args.mask_prompt is not None else bool(llm.data.get("mask_prompt", False))
+        split = split_settings(args, llm)
+        data = InstructionDataModule(path=args.data, sha256=None, tokenizer=tokenizer.name, prompt_style=llm.style,
+                                     mask_prompt=mask_prompt, allowed_max_length=context, drop_last=False,
+                                     eval_batch_size=args.batch_size, **split)
         data.setup()
         result = batches_perplexity(model, data._loader(args.split, train=False))
-        where = f"the {args.split} split of {args.data} ({style}{', responses only' if args.mask_prompt else ''})"
+        where = (f"the {args.split} split of {args.data} ({llm.style.name}"
+                 f"{', responses only' if mask_prompt else ''})")
     print(f"perplexity {result.perplexity:.4f} (mean loss {result.loss:.4f} over {result.tokens} tokens) on {where}")
 
 

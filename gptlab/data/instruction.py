@@ -134,7 +134,7 @@ class InstructionDataModule(L.LightningDataModule):
 
     def __init__(self, path: str = INSTRUCTION_DATA_URL, sha256: str | None = INSTRUCTION_DATA_SHA256,
                  val_path: str | None = None, test_path: str | None = None, hf_split: str = "train",
-                 tokenizer: str = "gpt2", prompt_style: str = "alpaca", mask_prompt: bool = False,
+                 tokenizer: str = "gpt2", prompt_style: str | PromptStyle = "alpaca", mask_prompt: bool = False,
                  allowed_max_length: int | None = None, drop_over_long: bool = False, batch_size: int = 8,
                  eval_batch_size: int | None = None, train_ratio: float = 0.85, test_ratio: float = 0.10,
                  shuffle: bool = False, seed: int = 123, num_workers: int = 0, drop_last: bool = True,

@@ -21,7 +21,7 @@ from gptlab.errors import ConfigError, DataError
 from gptlab.fileio import atomic_write_text
 from gptlab.generate import generate
 from gptlab.model.gpt import GPT
-from gptlab.prompts import get_style
+from gptlab.prompts import PromptStyle, get_style
 from gptlab.tokenizer import Tokenizer
 
 
@@ -63,20 +63,25 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
 
 
 def generate_responses(model: GPT, tokenizer: Tokenizer, prompts: Sequence[str], settings: GenerationSettings,
-                       generator: torch.Generator | None = None) -> list[Response]:
-    """The responses to ``prompts``, decoded together in one left-padded batch."""
-    style = get_style(settings.prompt_style)
-    eos = tokenizer.eot_id
-    ids, mask = left_pad([tokenizer.encode(p) or [eos] for p in prompts], eos)
+                       generator: torch.Generator | None = None, style: PromptStyle | None = None,
+                       stop_ids: Sequence[int] | None = None) -> list[Response]:
+    """The responses to ``prompts``, decoded together in one left-padded batch.
+
+    ``style`` defaults to the registered ``settings.prompt_style``; ``stop_ids`` (default: the
+    tokenizer's end-of-text) end a response, and ``ended_with_eos`` says whether one did.
+    """
+    style = style or get_style(settings.prompt_style)
+    stops = list(stop_ids or (tokenizer.eot_id,))
+    ids, mask = left_pad([tokenizer.encode(p) or [stops[0]] for p in prompts], stops[0])
     device = model.tok_emb.weight.device
     out = generate(model, ids.to(device), settings.max_new_tokens, temperature=settings.temperature,
-                   top_k=settings.top_k, top_p=settings.top_p, eos_id=eos, attention_mask=mask.to(device),
+                   top_k=settings.top_k, top_p=settings.top_p, eos_id=stops, attention_mask=mask.to(device),
                    generator=generator, vocab_limit=tokenizer.vocab_size)
     responses = []
     for row in out[:, ids.shape[1]:].tolist():
-        ended = eos in row
-        tokens = row[: row.index(eos)] if ended else row
-        responses.append(Response(style.extract_response(tokenizer.decode(tokens)), ended, len(tokens)))
+        end = next((i for i, token in enumerate(row) if token in stops), None)
+        tokens = row if end is None else row[:end]
+        responses.append(Response(style.extract_response(tokenizer.decode(tokens)), end is not None, len(tokens)))
     return responses
 
 
@@ -113,9 +118,11 @@ def read_answered(path: Path, records: Sequence[dict[str, Any]], settings: Gener
 
 
 def respond_to_records(model: GPT, tokenizer: Tokenizer, records: Sequence[dict[str, Any]], out: str | Path,
-                       settings: GenerationSettings, batch_size: int = 8, progress: bool = True) -> Path:
+                       settings: GenerationSettings, batch_size: int = 8, progress: bool = True,
+                       style: PromptStyle | None = None, stop_ids: Sequence[int] | None = None) -> Path:
     """Append a row per unanswered record to the JSONL file ``out``: the record, ``index``,
-    ``model_response``, ``ended_with_eos``, ``response_tokens`` and the ``generation`` settings."""
+    ``model_response``, ``ended_with_eos``, ``response_tokens`` and the ``generation`` settings.
+    ``style`` and ``stop_ids``: see ``generate_responses``."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -127,14 +134,15 @@ def respond_to_records(model: GPT, tokenizer: Tokenizer, records: Sequence[dict[
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
         generator = torch.Generator(device=model.tok_emb.weight.device).manual_seed(settings.seed)
-    style = get_style(settings.prompt_style)
+    style = style or get_style(settings.prompt_style)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as file, \
             tqdm(total=len(records), initial=len(answered), unit="record", disable=None if progress else True) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             prompts = [style.prompt(records[i]) for i in chunk]
-            for i, response in zip(chunk, generate_responses(model, tokenizer, prompts, settings, generator)):
+            responses = generate_responses(model, tokenizer, prompts, settings, generator, style, stop_ids)
+            for i, response in zip(chunk, responses):
                 row = {**records[i], "index": i, "model_response": response.text,
                        "ended_with_eos": response.ended_with_eos, "response_tokens": response.num_tokens,
                        "generation": settings.to_dict()}
