@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import RunSummary
 from gptlab.checkpoints import read_task_checkpoint
+from gptlab.checkpoints.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG_FILE
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.extras import require_extra
 from gptlab.fileio import atomic_write_text
@@ -85,7 +86,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        path = output_dir / "checkpoints" / "last.ckpt"
+        path = output_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
         if not path.exists():
             raise ConfigError(
                 f"ckpt_path=last but {path} does not exist; name the run directory to resume "
@@ -145,7 +146,7 @@ def run_config(cfg: DictConfig) -> DictConfig:
 def save_config(cfg: DictConfig, output_dir: Path) -> None:
     """The config beside the checkpoints, so the run can be read and repeated (see ``run_config``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(run_config(cfg)))
+    atomic_write_text(output_dir / RUN_CONFIG_FILE, OmegaConf.to_yaml(run_config(cfg)))
 
 
 @rank_zero_only

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import read_task_checkpoint
+from gptlab.checkpoints.runs import LAST_CHECKPOINT, RunFiles
 from gptlab.errors import CheckpointError
 from gptlab.model import GPT
 from gptlab.model.lora import has_lora, merge_lora
@@ -64,10 +65,11 @@ def load_classifier(source: str | Path) -> Classifier:
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run directory, its model/ directory or a .ckpt file")
     if path.is_dir():
-        for directory in (path, path / "model"):
-            if is_classifier_export(directory):
+        run = RunFiles.find(path)
+        for directory in (path, run.export_dir):
+            if directory is not None and is_classifier_export(directory):
                 return Classifier(*read_classifier_export(directory))
-        checkpoints = sorted((path / "checkpoints").glob("best*.ckpt")) or sorted((path / "checkpoints").glob("last.ckpt"))
+        checkpoints = run.checkpoints("best*.ckpt") or run.checkpoints(LAST_CHECKPOINT)
         if not checkpoints:
             raise CheckpointError(
                 f"{path} holds no classifier: expected {CLASSIFIER_FILE}, model/{CLASSIFIER_FILE} or "
