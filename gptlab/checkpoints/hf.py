@@ -97,7 +97,7 @@ def is_gpt2_shaped(config: GPTConfig) -> bool:
             and not config.qk_norm)
 
 
-def export_hf(model: GPT, directory: str | Path) -> Path:
+def export_hf(model: GPT, directory: str | Path, token_ids: dict[str, Any] | None = None) -> Path:
     """Write ``model`` as a Hugging Face directory that ``transformers`` loads with the same logits.
 
     A GPT-2-shaped model (LayerNorm, GELU, learned positions, plain multi-head attention) becomes a
@@ -105,7 +105,9 @@ def export_hf(model: GPT, directory: str | Path) -> Path:
     an untied output head as ``lm_head.weight`` with ``tie_word_embeddings: false``. A Llama-shaped
     one (RMSNorm, SwiGLU, RoPE; any number of key/value heads) becomes a ``LlamaForCausalLM``
     directory, or ``Qwen3ForCausalLM`` with ``qk_norm``. Other mixtures have no ``transformers``
-    class and are refused. The tokenizer is not written. Writing is atomic, as in ``save_model``.
+    class and are refused. The tokenizer is not written; ``token_ids`` (``bos_token_id``,
+    ``eos_token_id``, ``pad_token_id``) are its special ids for ``config.json``, which otherwise
+    names gptlab's own end-of-text id. Writing is atomic, as in ``save_model``.
     """
     gpt = unwrap_gpt(model)
     if not is_gpt2_shaped(gpt.cfg):
@@ -116,10 +118,10 @@ def export_hf(model: GPT, directory: str | Path) -> Path:
                 f"n_kv_heads={cfg.kv_heads}, qk_norm={cfg.qk_norm}: export_hf writes GPT-2 (layernorm, gelu, learned, "
                 "multi-head) or Llama (rmsnorm, swiglu, rope); use save_model for gptlab's own format"
             )
-        return export_llama(gpt, directory)
+        return export_llama(gpt, directory, token_ids)
     tied = is_tied(gpt)
     hf_state = to_hf_state_dict(export_state(gpt), gpt.cfg.n_layers)
-    config = hf_config_dict(gpt.cfg, tied=tied, dtype=gpt.tok_emb.weight.dtype)
+    config = {**hf_config_dict(gpt.cfg, tied=tied, dtype=gpt.tok_emb.weight.dtype), **(token_ids or {})}
     return write_hf_directory(directory, hf_state, config)
 
 

@@ -159,15 +159,16 @@ def llama_config_dict(config: GPTConfig, tied: bool = True, dtype: torch.dtype =
     return out
 
 
-def export_llama(model: GPT, directory: str | Path) -> Path:
+def export_llama(model: GPT, directory: str | Path, token_ids: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (a Llama-family architecture) as a directory ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` loads.
 
     ``transformers`` has one ``attention_bias`` for the query/key/value and output projections;
     a model with only one of gptlab's two switches on is written with zero biases for the other.
+    ``token_ids``: see ``export_hf``.
     """
     gpt = unwrap_gpt(model)
     cfg, tied = gpt.cfg, is_tied(gpt)
-    config = llama_config_dict(cfg, tied=tied, dtype=gpt.tok_emb.weight.dtype)
+    config = {**llama_config_dict(cfg, tied=tied, dtype=gpt.tok_emb.weight.dtype), **(token_ids or {})}
     state = export_state(gpt)
     if config["attention_bias"]:
         layers = [f"trf_blocks.{i}.att.{n}" for i in range(cfg.n_layers)

@@ -57,7 +57,13 @@ def export(llm: LLM, to: str, dtype: str, out: Path) -> Path:
     if dtype not in TORCH_DTYPES:
         raise ConfigError(f"--dtype {dtype} is a GGUF quantisation; --to {to} writes {', '.join(TORCH_DTYPES)}")
     model = llm.model.to(TORCH_DTYPES[dtype])
-    path = export_hf(model, out) if to == "hf" else save_model(model, out)
+    if to == "hf":
+        stops = list(llm.stop_ids)
+        bos = getattr(llm.tokenizer, "bos_id", None)
+        path = export_hf(model, out, {"eos_token_id": stops[0] if len(stops) == 1 else stops,
+                                      **({"bos_token_id": bos} if bos is not None else {})})
+    else:
+        path = save_model(model, out)
     save = getattr(llm.tokenizer, "save", None)
     if callable(save):
         save(path)

@@ -143,6 +143,22 @@ class GGUFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
 
+    def save(self, directory: Path) -> None:
+        """Write this tokenizer as a Hugging Face tokenizer directory into ``directory`` (a model export):
+        ``tokenizer.json`` (the same pipeline) and ``tokenizer_config.json`` naming BOS, EOS and the
+        chat template, so ``transformers`` and ``get_tokenizer(directory)`` both read it."""
+        self.backend.save(str(Path(directory) / HF_TOKENIZER_FILE))
+        settings = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": self.vocab.tokens[self.eot_id],
+                    "add_bos_token": self.vocab.add_bos, "clean_up_tokenization_spaces": False}
+        if self.bos_id is not None:
+            settings["bos_token"] = self.vocab.tokens[self.bos_id]
+        if self.vocab.pad_id is not None:
+            settings["pad_token"] = self.vocab.tokens[self.vocab.pad_id]
+        if self.vocab.chat_template is not None:
+            settings["chat_template"] = self.vocab.chat_template
+        (Path(directory) / "tokenizer_config.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
+                                                               encoding="utf-8")
+
     def _stop_ids(self) -> tuple[int, ...]:
         """EOS, the GGUF's other stop ids, then the added token the chat template ends a turn with."""
         stops = [self.vocab.eos_id, *self.vocab.extra_stop_ids]
