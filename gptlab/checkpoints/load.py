@@ -3,6 +3,9 @@
 The sources, and the module that reads each:
 
 * a GPT-2 name (``gpt2``, ``gpt2-medium``...): ``hub`` downloads it, ``hf`` imports it;
+* a named real model (``smollm2-135m-instruct``): ``gptlab.named_models`` finds its GGUF file or
+  Hub directory, which loads as below;
+* a GGUF file (llama.cpp's format, ``.gguf`` or starting with ``GGUF``): ``gguf``;
 * a gptlab export (``config.json`` with ``"format": "gptlab"``): ``native``;
 * a Hugging Face GPT-2 directory: ``hf``; a Llama or Qwen3 one: ``hf_llama``;
 * a run directory: its ``model/`` export, else ``checkpoints/last.ckpt``;
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints.files import CONFIG_FILE, load_torch_file, read_json, read_safetensors
+from gptlab.checkpoints.gguf import is_gguf_file, load_gguf
 from gptlab.checkpoints.hf import config_from_hf, hf_config_for_state, load_hf_directory
 from gptlab.checkpoints.hf_llama import LLAMA_TYPES, load_llama_directory
 from gptlab.checkpoints.hf_names import load_hf_state
@@ -31,6 +35,7 @@ from gptlab.checkpoints.task import TaskCheckpoint, is_task_checkpoint, task_che
 from gptlab.errors import CheckpointError
 from gptlab.model.config import GPTConfig
 from gptlab.model.gpt import GPT
+from gptlab.named_models import NAMED_MODELS, resolve_named_model
 
 #: The key under which the book's chapter 5 saves the model next to its optimizer.
 BOOK_STATE_KEY = "model_state_dict"
@@ -43,6 +48,9 @@ def load_pretrained(source: str | Path, config: GPTConfig | None = None) -> GPT:
 
     * a GPT-2 name (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``), downloaded once from
       the Hugging Face Hub into its cache;
+    * a named model of ``gptlab.named_models`` (``smollm2-135m-instruct``): its installed GGUF
+      file, else its Hub directory;
+    * a GGUF file (llama.cpp's ``llama`` or ``gpt2`` architecture, any type gguf dequantises);
     * a directory: a Hugging Face GPT-2, Llama or Qwen3 one (``config.json`` and
       ``model.safetensors`` or its shards), a gptlab export, or a run directory (its ``model/``
       export, else ``checkpoints/last.ckpt``);
@@ -63,16 +71,21 @@ def load_pretrained(source: str | Path, config: GPTConfig | None = None) -> GPT:
         if config is None or config.name == "custom":
             model.cfg.name = source
         return model
+    if isinstance(source, str) and source in NAMED_MODELS:
+        model = load_pretrained(resolve_named_model(source), config)
+        if config is None or config.name == "custom":
+            model.cfg.name = source
+        return model
     path = Path(source).expanduser()
     if not path.exists():
         text = str(source)
+        names = ", ".join([*HUB_MODELS, *NAMED_MODELS])
         if "/" not in text and os.sep not in text and not Path(text).suffix:
             raise CheckpointError(
-                f"unknown model {text!r}; valid names: {', '.join(HUB_MODELS)} "
-                "(or pass a local directory or checkpoint file)"
+                f"unknown model {text!r}; valid names: {names} (or pass a local directory, GGUF or checkpoint file)"
             )
         raise CheckpointError(
-            f"{path} does not exist; pass a model name ({', '.join(HUB_MODELS)}), a model directory "
+            f"{path} does not exist; pass a model name ({names}), a model directory, a GGUF file "
             "or a checkpoint file"
         )
     return _load_directory(path, config) if path.is_dir() else _load_file(path, config)
@@ -128,6 +141,8 @@ def _load_directory(path: Path, config: GPTConfig | None) -> GPT:
 
 
 def _load_file(path: Path, config: GPTConfig | None) -> GPT:
+    if path.suffix == ".gguf" or is_gguf_file(path):
+        return load_gguf(path, config)
     if path.suffix == ".safetensors":
         if (path.parent / CONFIG_FILE).is_file():
             return _load_directory(path.parent, config)
