@@ -51,13 +51,13 @@ from gptlab.checkpoints.hf_names import with_zero_biases
 from gptlab.checkpoints.state import export_state, merge_config, unwrap_gpt
 from gptlab.errors import CheckpointError, ConfigError, first_line
 from gptlab.fileio import atomic_path
+from gptlab.gguf_file import read_gguf
 from gptlab.model.config import GPTConfig
 from gptlab.model.gpt import GPT
 from gptlab.model.rope import inverse_frequencies
 from gptlab.tokenizer.gguf_vocab import GGUFVocab
 
 #: The first four bytes of every GGUF file.
-GGUF_MAGIC = gguf.GGUF_MAGIC.to_bytes(4, "little")
 #: ``export_gguf``'s types: how matrices are stored, and the ``general.file_type`` that says so.
 EXPORT_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
@@ -70,30 +70,6 @@ _POSITIONS = "pos_emb.weight"
 
 
 # --- reading -------------------------------------------------------------------------------------
-
-
-def is_gguf_file(path: str | Path) -> bool:
-    """Whether ``path`` is a file that starts with GGUF's magic bytes."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
-    except OSError:
-        return False
-
-
-def read_gguf(path: str | Path) -> gguf.GGUFReader:
-    """A memory-mapped reader of ``path``: a missing, foreign, truncated or damaged file is one line."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; pass a .gguf file (llama.cpp's format)")
-    if not is_gguf_file(path):
-        raise CheckpointError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF'); "
-                              "pass a model in llama.cpp's format, or one written by export_gguf")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as err:  # noqa: BLE001 - a damaged file makes the reader fail in many ways
-        raise CheckpointError(f"cannot read {path} as GGUF ({first_line(err)}); the file is truncated or "
-                              "damaged: download or export it again") from None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints.files import CONFIG_FILE, load_torch_file, read_json, read_safetensors
-from gptlab.checkpoints.gguf import is_gguf_file, load_gguf
+from gptlab.checkpoints.gguf import load_gguf
+from gptlab.gguf_file import is_gguf_file
 from gptlab.checkpoints.hf import config_from_hf, hf_config_for_state, load_hf_directory
 from gptlab.checkpoints.hf_llama import LLAMA_TYPES, load_llama_directory
 from gptlab.checkpoints.hf_names import load_hf_state

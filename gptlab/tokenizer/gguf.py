@@ -22,6 +22,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from gptlab.errors import ConfigError, first_line
+from gptlab.gguf_file import read_gguf
 from gptlab.tokenizer.bpe import END_OF_TEXT, GPT2_EOT_ID, GPT2_PATTERN, BPETokenizer, ByteTokenizer, Tokenizer, gpt2_bpe_files
 from gptlab.tokenizer.chat_template import ChatTemplate
 from gptlab.tokenizer.gguf_vocab import GGUFVocab
@@ -272,13 +273,7 @@ def read_gguf_vocab(path: Path) -> GGUFVocab:
 
 def _tokenizer_fields(path: Path) -> dict[str, Any]:
     """The file's ``tokenizer.*`` metadata as Python values."""
-    try:
-        reader = gguf.GGUFReader(path)
-    except FileNotFoundError:
-        raise ConfigError(f"GGUF file {path} not found") from None
-    except Exception as err:  # noqa: BLE001 - the reader fails in numpy on damaged files
-        raise ConfigError(f"cannot read {path} as a GGUF file ({type(err).__name__}: {first_line(err)}); "
-                          "it is truncated or not a GGUF file: download or convert it again") from None
+    reader = read_gguf(path)
     return {key: field.contents() for key, field in reader.fields.items() if key.startswith("tokenizer.")}
 
 
