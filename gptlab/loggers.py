@@ -25,6 +25,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 
+from gptlab.runs import MODEL_DIR
+
 log = logging.getLogger(__name__)
 
 #: The config groups whose choices become tags (and, for experiment/task/data, the group).
@@ -137,7 +139,7 @@ def _log_outputs(run: Any, output_dir: Path, log_export: bool) -> None:
     plots = {f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(output_dir.glob("*.png"))}
     if plots:
         run.log(plots)
-    model_dir = output_dir / "model"
+    model_dir = output_dir / MODEL_DIR
     if log_export and model_dir.is_dir():
         artifact = wandb.Artifact(f"model-{run.id}", type="model")
         artifact.add_dir(str(model_dir))

@@ -82,3 +82,19 @@ def smollm2_gguf() -> Path:
     if path is None:
         pytest.fail(f"the real SmolLM2 GGUF is not installed: {NAMED_MODELS['smollm2-135m-instruct'].install_line}")
     return path
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf: Path):
+    """gptlab's tokenizer of the real GGUF (a ``GGUFTokenizer``)."""
+    from gptlab.tokenizer import get_tokenizer
+
+    return get_tokenizer(str(smollm2_gguf))
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_gguf: Path):
+    """``transformers``' tokenizer of the same file, chat template included (no weights are loaded)."""
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)

@@ -11,7 +11,6 @@ import pytest
 from gptlab.errors import ConfigError
 from gptlab.tokenizer import ChatTemplate, GGUFTokenizer, get_tokenizer
 
-transformers = pytest.importorskip("transformers")
 
 SYSTEM = {"role": "system", "content": "You are a terse assistant. Answer in one line."}
 ASK = {"role": "user", "content": "What is the capital of France?"}
@@ -40,17 +39,6 @@ EVERYTHING = """{{ bos_token }}
 turns={{ ns.turns }} tools={{ tools is none }} year-digits={{ strftime_now('%Y') | length }}
 {{ dict(a=1, b=[2, 3]) | tojson(indent=1) }}
 {% if add_generation_prompt %}[ASSISTANT]{% endif %}"""
-
-
-@pytest.fixture(scope="module")
-def smollm2(smollm2_gguf: Path) -> GGUFTokenizer:
-    return get_tokenizer(str(smollm2_gguf))  # type: ignore[return-value]
-
-
-@pytest.fixture(scope="module")
-def reference(smollm2_gguf: Path):
-    """transformers' tokenizer of the same file, template included (no weights are loaded)."""
-    return transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
 
 
 @pytest.mark.parametrize("generation_prompt", [True, False])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gguf
 import pytest
+import transformers
 import tiktoken
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
@@ -18,7 +19,6 @@ from gptlab.errors import ConfigError
 from gptlab.tokenizer import END_OF_TEXT, ByteTokenizer, GGUFTokenizer, GGUFVocab, get_tokenizer, gguf_vocab
 from gptlab.tokenizer.gguf import pre_tokenizer, read_gguf_vocab
 
-transformers = pytest.importorskip("transformers")
 
 TEXTS = {
     "english": "I HAD always thought Jack Gisburn rather a cheap genius--though a good fellow enough. "
@@ -34,17 +34,6 @@ TEXTS = {
 }
 CHATML = ("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi there!<|im_end|>\n"
           "<|im_start|>assistant\n")
-
-
-@pytest.fixture(scope="module")
-def smollm2(smollm2_gguf: Path) -> GGUFTokenizer:
-    return get_tokenizer(str(smollm2_gguf))  # type: ignore[return-value]
-
-
-@pytest.fixture(scope="module")
-def reference(smollm2_gguf: Path):
-    """transformers' tokenizer of the same file (tokenizer only: no weights are loaded)."""
-    return transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
 
 
 def write_gguf(path: Path, vocab: GGUFVocab | None) -> Path:

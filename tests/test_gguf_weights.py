@@ -21,6 +21,7 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
+import transformers
 import torch
 from gguf import GGMLQuantizationType, GGUFValueType
 
@@ -29,7 +30,6 @@ from gptlab.checkpoints import export_gguf, load_gguf, load_pretrained
 from gptlab.errors import CheckpointError
 from gptlab.tokenizer.gguf_vocab import GGUFVocab
 
-transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2_gguf_weights")]

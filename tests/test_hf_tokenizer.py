@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 
 import pytest
+import transformers
 import tokenizers
 
 from gptlab.data.pretrain import PretrainDataModule
 from gptlab.errors import ConfigError
 from gptlab.tokenizer import END_OF_TEXT, TextEncoding, get_tokenizer
 
-transformers = pytest.importorskip("transformers")
 
 SPECIALS = ["<s>", "</s>", END_OF_TEXT]
 

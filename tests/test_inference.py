@@ -16,7 +16,7 @@ import yaml
 from gptlab import GPT, GPTConfig, generate
 from gptlab.callbacks.prompt_style import write_prompt_style
 from gptlab.checkpoints import save_model
-from gptlab.checkpoints.runs import RunFiles
+from gptlab.runs import RunFiles
 from gptlab.errors import ConfigError
 from gptlab.inference import LLM, Sampling
 from gptlab.prompts import ALPACA, CHATML, PHI3, PROMPT_STYLES, PromptStyle, get_style, style_from_record
@@ -125,3 +125,18 @@ def test_sampling_settings_are_checked_in_one_line():
         Sampling(top_k=0)
     with pytest.raises(ConfigError, match="temperature must be >= 0"):
         Sampling(temperature=-1)
+
+
+def test_respond_and_eval_split_as_the_run_recorded_unless_told_otherwise(run_dir: Path):
+    from gptlab.cli.respond import build_parser, data_path, split_settings
+
+    llm = LLM.load(run_dir)
+    recorded = build_parser().parse_args([str(run_dir), "--out", "x.jsonl"])
+    assert split_settings(recorded, llm) == {"train_ratio": 0.5, "test_ratio": 0.25, "shuffle": True, "seed": 7}
+    assert data_path(recorded, llm) == "records.json"
+    told = build_parser().parse_args([str(run_dir), "--out", "x.jsonl", "--no-shuffle", "--split-seed", "1",
+                                      "--data", "other.json"])
+    assert split_settings(told, llm) == {"train_ratio": 0.5, "test_ratio": 0.25, "shuffle": False, "seed": 1}
+    assert data_path(told, llm) == "other.json"
+    outside = LLM.load(run_dir / "model")  # the export alone still belongs to its run
+    assert outside.data == llm.data

@@ -153,7 +153,7 @@ def test_instruct_experiment_is_the_books_chapter7_run():
 def test_instruct_scratch_trains_and_records_its_prompt_style(tmp_path: Path, records_path: Path):
     import csv
 
-    from gptlab.checkpoints.runs import RunFiles
+    from gptlab.runs import RunFiles
     from gptlab.prompts import get_style
 
     run = tmp_path / "run"

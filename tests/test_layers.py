@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gptlab"
 
 #: A unit may import units of a strictly lower rank only; units of one rank stay apart.
 RANKS = {
-    "errors": 0, "fileio": 0, "loggers": 0,
-    "named_models": 1, "gguf_file": 1,
+    "errors": 0, "fileio": 0, "runs": 0,
+    "named_models": 1, "gguf_file": 1, "loggers": 1,
     "tokenizer": 2, "extras": 2,
     "prompts": 3, "model": 3, "sweeps": 3,
     "generate": 4, "checkpoints": 4,

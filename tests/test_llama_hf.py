@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 
 import pytest
+import transformers
 import torch
 
 from gptlab import GPT, GPTConfig, generate
 from gptlab.checkpoints import export_hf, llama_config_from_hf, load_pretrained
 from gptlab.errors import CheckpointError
 
-transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
     GPT2LMHeadModel,
     LlamaConfig,

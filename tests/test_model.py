@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import transformers
 import torch
 from torch import nn
 
@@ -149,7 +150,6 @@ def test_config_errors_are_one_clear_line():
 def test_gpt2_init_matches_transformers_gpt2_statistics():
     """Every tensor's mean and std against ``transformers``' own GPT-2 initialisation, including the
     residual projections scaled by 1 / sqrt(2 * n_layers)."""
-    transformers = pytest.importorskip("transformers")
     from gptlab.checkpoints import from_hf_state_dict
 
     sizes = dict(vocab_size=1000, context_length=128, emb_dim=128, n_heads=4, n_layers=6)

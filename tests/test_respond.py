@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gptlab.callbacks.prompt_style import write_prompt_style
-from gptlab.checkpoints.runs import RunFiles
+from gptlab.runs import RunFiles
 from gptlab.checkpoints import save_model
 from gptlab.cli.respond import main
 from gptlab.generate import generate

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import transformers
 import torch
 
 from gptlab import GPT, GPTConfig, generate
@@ -20,7 +21,6 @@ from gptlab.checkpoints import (
     save_model,
 )
 
-transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 VOCAB, CTX, EMB, LAYERS, HEADS = 512, 128, 64, 2, 4

@@ -26,6 +26,7 @@ import torch
 from gptlab import GPT, generate
 from gptlab.tokenizer import get_tokenizer
 from gptlab.checkpoints import config_from_hf, from_hf_state_dict, model_from_state_dict
+from gptlab.evaluation.responses import left_pad
 
 
 def build_models(seed: int, attention: str) -> tuple[torch.nn.Module, GPT]:
@@ -57,13 +58,7 @@ def left_padded_prompts(batch: int, text: str, pad_id: int = 50256) -> tuple[tor
     """``input_ids`` and ``attention_mask`` of ``batch`` prompts, padded on the left."""
     tokenizer = get_tokenizer("gpt2")
     rows = [tokenizer.encode(text)] if batch == 1 else [tokenizer.encode(PROMPTS[i % len(PROMPTS)]) for i in range(batch)]
-    width = max(map(len, rows))
-    ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
+    return left_pad(rows, pad_id)
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:

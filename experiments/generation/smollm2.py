@@ -22,10 +22,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import torch
 
+from benchmark import timed  # this folder's GPT-2 benchmark
+
+from gptlab.evaluation.responses import left_pad
 from gptlab.named_models import resolve_named_model
 
 QUESTIONS = [
@@ -62,28 +64,13 @@ def time_load(code: str) -> tuple[float, float]:
     return float(out.strip().splitlines()[-1]), time.perf_counter() - start
 
 
-def left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
-def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--load-repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time generate(compile=True), the static cache")
     args = parser.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
 
@@ -104,39 +91,45 @@ def main() -> None:
 
     ours = load_gguf(path).eval()
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    # Neither side stops at <|im_end|>: min_new_tokens would instead forbid it, changing the tokens.
+    hf.generation_config.eos_token_id = None
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     n = args.new_tokens
     results = {}
     for batch in (int(b) for b in args.batches.split(",")):
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
                                                  tokenize=False, add_generation_prompt=True) for i in range(batch)]
-        idx, mask = left_padded([tokenizer(p, add_special_tokens=False).input_ids for p in prompts],
+        idx, mask = left_pad([tokenizer(p, add_special_tokens=False).input_ids for p in prompts],
                                 tokenizer.pad_token_id)
 
         def run_hf() -> torch.Tensor:
             with torch.inference_mode():
-                return hf.generate(idx, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                return hf.generate(idx, attention_mask=mask, do_sample=False, max_new_tokens=n,
                                    pad_token_id=tokenizer.pad_token_id)
 
         runners = {"transformers `generate`": run_hf,
                    "gptlab `generate` (KV cache)": lambda: generate(ours, idx, n, attention_mask=mask)}
+        if args.compile:
+            runners["gptlab `generate(compile=True)`"] = lambda: generate(ours, idx, n, attention_mask=mask, compile=True)
         warm = {name: timed(fn) for name, fn in runners.items()}
-        same = torch.equal(warm["transformers `generate`"][1], warm["gptlab `generate` (KV cache)"][1])
+        reference = warm["transformers `generate`"][1]
+        same = all(torch.equal(out, reference) for _, out in warm.values())
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(args.repeats):
             for name, fn in runners.items():
                 times[name].append(timed(fn)[0])
         speed = {name: n * batch / statistics.median(runs) for name, runs in times.items()}
-        results[batch] = (speed, same, idx.shape[1])
+        results[batch] = (speed, same, idx.shape[1], {name: first for name, (first, _) in warm.items()})
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, {n} new tokens per row, greedy, float32; "
           f"median of {args.repeats}; 1-minute load average {os.getloadavg()[0]:.2f}\n")
-    print("| batch | prompt width | transformers tokens/s | gptlab tokens/s | gptlab / transformers | same tokens |")
-    print("|---:|---:|---:|---:|---:|---|")
-    for batch, (speed, same, width) in results.items():
-        hf_speed, our_speed = speed["transformers `generate`"], speed["gptlab `generate` (KV cache)"]
-        print(f"| {batch} | {width} | {hf_speed:.1f} | {our_speed:.1f} | {our_speed / hf_speed:.2f}x | "
-              f"{'yes' if same else 'NO'} |")
+    print("| batch | prompt width | implementation | tokens/s (median) | / transformers | first call (s) | same tokens |")
+    print("|---:|---:|---|---:|---:|---:|---|")
+    for batch, (speed, same, width, first) in results.items():
+        hf_speed = speed["transformers `generate`"]
+        for name, value in speed.items():
+            print(f"| {batch} | {width} | {name} | {value:.1f} | {value / hf_speed:.2f}x | {first[name]:.1f} | "
+                  f"{'yes' if same else 'NO'} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ A model answers well only in the prompt format it was trained on, so the format 
 ``prompt.json`` (``PromptStyle.to_record``: the style's name, its chat template, how a record's
 input is shown and where a response stops) is written into the run directory when fitting starts
 and into the exported model directory when it ends. ``gptlab.inference.LLM`` reads it back
-(through ``checkpoints.runs.RunFiles``) for every inference command.
+(through ``gptlab.runs.RunFiles``) for every inference command.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from gptlab.checkpoints.runs import PROMPT_FILE
+from gptlab.runs import PROMPT_FILE
 from gptlab.fileio import atomic_write_text
 from gptlab.prompts import PromptStyle, get_style
 

@@ -25,7 +25,6 @@ import torch
 
 from gptlab.checkpoints.files import CONFIG_FILE, load_torch_file, read_json, read_safetensors
 from gptlab.checkpoints.gguf import load_gguf
-from gptlab.gguf_file import is_gguf_file
 from gptlab.checkpoints.hf import config_from_hf, hf_config_for_state, load_hf_directory
 from gptlab.checkpoints.hf_llama import LLAMA_TYPES, load_llama_directory
 from gptlab.checkpoints.hf_names import load_hf_state
@@ -34,9 +33,11 @@ from gptlab.checkpoints.native import FORMAT_MARKER, is_native_export, load_mode
 from gptlab.checkpoints.state import config_from_dict, merge_config, merge_lora_weights, model_from_state_dict
 from gptlab.checkpoints.task import TaskCheckpoint, is_task_checkpoint, task_checkpoint_from
 from gptlab.errors import CheckpointError
+from gptlab.gguf_file import is_gguf_file
 from gptlab.model.config import GPTConfig
 from gptlab.model.gpt import GPT
 from gptlab.named_models import NAMED_MODELS, resolve_named_model
+from gptlab.runs import RunFiles
 
 #: The key under which the book's chapter 5 saves the model next to its optimizer.
 BOOK_STATE_KEY = "model_state_dict"
@@ -130,10 +131,11 @@ def _load_directory(path: Path, config: GPTConfig | None) -> GPT:
             f"{path / CONFIG_FILE} is neither a gptlab export nor a GPT-2, Llama or Qwen3 config "
             f"(model_type {saved.get('model_type')!r})"
         )
-    if is_native_export(path / "model"):
-        return load_model(path / "model", config)
-    last = path / "checkpoints" / "last.ckpt"
-    if last.is_file():
+    run = RunFiles.find(path)
+    if run.export_dir is not None and is_native_export(run.export_dir):
+        return load_model(run.export_dir, config)
+    last = run.last_checkpoint()
+    if last is not None:
         return _load_file(last, config)
     raise CheckpointError(
         f"{path} holds no model: expected {CONFIG_FILE} (a gptlab export or a Hugging Face GPT-2, Llama "

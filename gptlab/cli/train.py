@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import RunSummary
 from gptlab.checkpoints import read_task_checkpoint
-from gptlab.checkpoints.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG_FILE
+from gptlab.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG_FILE
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.extras import require_extra
 from gptlab.fileio import atomic_write_text

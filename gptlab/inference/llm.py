@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import load_pretrained
-from gptlab.checkpoints.runs import RunFiles
+from gptlab.runs import RunFiles
 from gptlab.errors import ConfigError
 from gptlab.generate import stream_tokens
 from gptlab.inference.streaming import StopStreamer, TextStreamer

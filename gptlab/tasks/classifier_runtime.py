@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import read_task_checkpoint
-from gptlab.checkpoints.runs import LAST_CHECKPOINT, RunFiles
+from gptlab.runs import LAST_CHECKPOINT, RunFiles
 from gptlab.errors import CheckpointError
 from gptlab.model import GPT
 from gptlab.model.lora import has_lora, merge_lora

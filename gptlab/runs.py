@@ -1,4 +1,4 @@
-"""The layout of a run directory, as readers see it: the one module that knows where a run keeps things.
+"""The layout of a run directory: the one module that knows where a run keeps things.
 
 ``gptlab-train`` writes a run as::
 
@@ -38,11 +38,11 @@ class RunFiles:
 
     @classmethod
     def find(cls, source: str | Path) -> RunFiles:
-        """The run around ``source``: itself (it has ``config.yaml`` or ``checkpoints/``), or the
-        directory holding ``source`` when that is a ``model/`` export or the ``checkpoints/`` folder."""
+        """The run around ``source``: itself (it has ``config.yaml``, ``checkpoints/`` or ``model/``), or
+        the directory holding ``source`` when that is a ``model/`` export or the ``checkpoints/`` folder."""
         path = Path(source).expanduser()
         base = path if path.is_dir() else path.parent
-        if (base / RUN_CONFIG_FILE).is_file() or (base / CHECKPOINT_DIR).is_dir():
+        if (base / RUN_CONFIG_FILE).is_file() or (base / CHECKPOINT_DIR).is_dir() or (base / MODEL_DIR).is_dir():
             return cls(path, base)
         if base.name in (MODEL_DIR, CHECKPOINT_DIR) and base.parent != base:
             return cls(path, base.parent)
