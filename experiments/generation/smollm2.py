@@ -22,10 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
-
-from benchmark import timed  # this folder's GPT-2 benchmark
 
 from gptlab.evaluation.responses import left_pad
 from gptlab.named_models import resolve_named_model
@@ -62,6 +61,13 @@ def time_load(code: str) -> tuple[float, float]:
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1]), time.perf_counter() - start
+
+
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+    """Seconds ``fn`` took, and what it returned."""
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
 
 
 def main() -> None:
