@@ -140,3 +140,18 @@ def test_respond_and_eval_split_as_the_run_recorded_unless_told_otherwise(run_di
     assert data_path(told, llm) == "other.json"
     outside = LLM.load(run_dir / "model")  # the export alone still belongs to its run
     assert outside.data == llm.data
+
+
+def test_a_chat_template_that_fails_to_render_is_one_line(tmp_path: Path, capsys, monkeypatch):
+    import io
+
+    from gptlab.cli.chat import main as chat_main
+
+    save_model(tiny(), tmp_path / "model")
+    (tmp_path / "model" / "prompt.json").write_text(json.dumps(
+        {"prompt_style": "broken", "chat_template": "{{ raise_exception('roles must alternate') }}", "stop": ""}))
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    assert chat_main([str(tmp_path / "model")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err == "gptlab-chat: error: chat template failed to render: roles must alternate\n"
