@@ -81,7 +81,14 @@ class PromptStyle:
     def from_chat_template(cls, name: str, chat_template: str, bos_token: str | None = None,
                            eos_token: str | None = None) -> PromptStyle:
         """A model's own template as a style: a record's input follows its instruction after a blank
-        line, and a response ends where the template closes an assistant turn (e.g. ``<|im_end|>``)."""
+        line, and a response ends where the template closes an assistant turn (e.g. ``<|im_end|>``).
+
+        A template that is a registered style's (a model fine-tuned here, exported to GGUF and read
+        back) is that style, with its input sections and stop text.
+        """
+        registered = next((s for s in PROMPT_STYLES.values() if s.chat_template == chat_template), None)
+        if registered is not None:
+            return registered
         stops = _compiled(chat_template, bos_token, eos_token).stop_strings
         return cls(name, chat_template, "\n\n{input}", stops[0] if stops else "", bos_token, eos_token)
 

@@ -71,11 +71,14 @@ def test_the_registered_styles_render_the_formats_they_name():
 
 
 def test_a_models_own_template_becomes_a_style_that_stops_at_its_end_of_turn():
-    style = PromptStyle.from_chat_template("mine", CHATML.chat_template)
-    assert style.stop == "<|im_end|>"
-    assert style.prompt(RECORD) == CHATML.prompt(RECORD)
+    system = "{{ '<|im_start|>system\\nBe brief.<|im_end|>\\n' }}"  # ChatML with a default system prompt
+    style = PromptStyle.from_chat_template("mine", system + CHATML.chat_template)
+    assert style.stop == "<|im_end|>" and style.name == "mine"
+    assert style.prompt(RECORD) == "<|im_start|>system\nBe brief.<|im_end|>\n" + CHATML.prompt(RECORD)
     recorded = style_from_record(style.to_record())  # a fine-tuned model keeps its base's template
     assert recorded == style and recorded.name not in PROMPT_STYLES
+    # A registered style's template, read back from an export, is that style again (its stop included).
+    assert PromptStyle.from_chat_template("export", ALPACA.chat_template) is ALPACA
 
 
 def test_a_run_is_found_from_any_path_into_it(run_dir: Path):
