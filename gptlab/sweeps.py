@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
+
+from gptlab.runs import RUN_CONFIG_FILE
 from omegaconf import DictConfig
 
 from gptlab.errors import ConfigError
@@ -70,7 +72,7 @@ def read_trials(sweep_dir: Path) -> list[dict[str, Any]]:
                       key=lambda p: (len(p.name), p.name)):
         overrides = _load_yaml(job / ".hydra" / "overrides.yaml") or []
         params = dict(o.split("=", 1) for o in overrides if "=" in o and not o.startswith("hydra"))
-        config = _load_yaml(job / "config.yaml") or {}
+        config = _load_yaml(job / RUN_CONFIG_FILE) or {}
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         metric = config.get("optimized_metric")
