@@ -20,13 +20,12 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-
-from gptlab.runs import RUN_CONFIG_FILE
 from omegaconf import DictConfig
 
 from gptlab.errors import ConfigError
 from gptlab.extras import require_extra
 from gptlab.fileio import atomic_path, atomic_write_text
+from gptlab.runs import RUN_CONFIG_FILE
 
 #: Command-line choices that need an optional Hydra plugin: (prefix, key in ``gptlab.extras.OPTIONAL``).
 PLUGINS = (
