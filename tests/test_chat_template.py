@@ -4,12 +4,11 @@ environment; templates that fail are one ``ConfigError`` line."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from gptlab.errors import ConfigError
-from gptlab.tokenizer import ChatTemplate, GGUFTokenizer, get_tokenizer
+from gptlab.tokenizer import ChatTemplate, GGUFTokenizer
 
 
 SYSTEM = {"role": "system", "content": "You are a terse assistant. Answer in one line."}

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import gguf
 import pytest
-import transformers
 import tiktoken
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers

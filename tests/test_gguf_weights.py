@@ -21,7 +21,6 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
-import transformers
 import torch
 from gguf import GGMLQuantizationType, GGUFValueType
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import transformers
 import torch
 
 from gptlab import GPT, GPTConfig, generate
