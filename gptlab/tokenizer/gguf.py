@@ -316,7 +316,6 @@ def gpt2_vocab() -> GGUFVocab:
 
 
 #: Where a model directory keeps its chat template: its own file (newer exports), else tokenizer_config.json.
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 def hf_vocab(tokenizer: HFTokenizer) -> GGUFVocab:
@@ -343,7 +342,8 @@ def hf_vocab(tokenizer: HFTokenizer) -> GGUFVocab:
         merges=merges, eos_id=tokenizer.eot_id, bos_id=bos_id,
         pad_id=_hf_token_id(tokenizer, settings.get("pad_token")),
         unknown_id=_hf_token_id(tokenizer, settings.get("unk_token")),
-        add_bos=_hf_adds_bos(tokenizer, spec, settings, bos_id), chat_template=_hf_chat_template(directory, settings),
+        add_bos=_hf_adds_bos(tokenizer, spec, settings, bos_id),
+        chat_template=tokenizer.chat_template.source if tokenizer.chat_template is not None else None,
     )
 
 
@@ -360,15 +360,6 @@ def _hf_adds_bos(tokenizer: HFTokenizer, spec: dict[str, Any], settings: dict[st
     first = ((spec.get("post_processor") or {}).get("single") or [{}])[0]
     special = first.get("SpecialToken", {}).get("id")
     return bos_id is not None and isinstance(special, str) and tokenizer.tokenizer.token_to_id(special) == bos_id
-
-
-def _hf_chat_template(directory: Path, settings: dict[str, Any]) -> str | None:
-    if (directory / CHAT_TEMPLATE_FILE).is_file():
-        return (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
-    template = settings.get("chat_template")
-    if isinstance(template, list):  # named templates: the default one is the conversation's
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    return template if isinstance(template, str) else None
 
 
 def _hf_pre_tokenizer(spec: dict[str, Any], name: str) -> PreTokenizer:

@@ -11,9 +11,12 @@ import tokenizers
 
 from gptlab.errors import ConfigError
 from gptlab.tokenizer.bpe import END_OF_TEXT
+from gptlab.tokenizer.chat_template import ChatTemplate
 
 #: The file that makes a directory a tokenizer (``data.tokenizer=/path/to/model-dir``).
 HF_TOKENIZER_FILE = "tokenizer.json"
+#: Where a Hugging Face directory may keep its chat template apart from ``tokenizer_config.json``.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 class HFTokenizer:
@@ -34,6 +37,7 @@ class HFTokenizer:
             raise ConfigError(f"cannot read {directory / HF_TOKENIZER_FILE}: {str(err).splitlines()[0]}") from None
         self.vocab_size = max(self.tokenizer.get_vocab(with_added_tokens=True).values()) + 1
         self.eot_id = self._eos_id(directory)
+        self.chat_template = _chat_template(directory, self.tokenizer.id_to_token(self.eot_id))
 
     #: Where the end-of-text token is looked up, in this order, and under which key.
     EOS_SOURCES = {"tokenizer_config.json": "eos_token", "generation_config.json": "eos_token_id",
@@ -63,7 +67,7 @@ class HFTokenizer:
 
     #: The source directory's files an export copies beside ``tokenizer.json``; not its ``config.json``
     #: (that is the model's, and the export writes its own), and ``tokenizer_config.json`` is rewritten.
-    COMPANION_FILES = ("special_tokens_map.json", "generation_config.json")
+    COMPANION_FILES = ("special_tokens_map.json", "generation_config.json", CHAT_TEMPLATE_FILE)
 
     def save(self, directory: Path) -> None:
         """Write the files that rebuild this tokenizer into ``directory`` (a model export), so the
@@ -78,6 +82,24 @@ class HFTokenizer:
                     "eos_token": self.tokenizer.id_to_token(self.eot_id)}
         (directory / "tokenizer_config.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n",
                                                         encoding="utf-8")
+
+
+def _chat_template(directory: Path, eos_token: str | None) -> ChatTemplate | None:
+    """The directory's chat template: ``chat_template.jinja``, else ``tokenizer_config.json``'s
+    ``chat_template`` (its ``default`` entry when it names several), else ``None``."""
+    settings = json_object(directory / "tokenizer_config.json")
+    if (directory / CHAT_TEMPLATE_FILE).is_file():
+        source = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    else:
+        source = settings.get("chat_template")
+        if isinstance(source, list):  # named templates: the default one is the conversation's
+            source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"),
+                          None)
+    if not isinstance(source, str):
+        return None
+    bos = settings.get("bos_token")
+    bos = bos.get("content") if isinstance(bos, dict) else bos
+    return ChatTemplate(source, bos_token=bos if isinstance(bos, str) else None, eos_token=eos_token)
 
 
 def json_object(path: Path) -> dict[str, Any]:

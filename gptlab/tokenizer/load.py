@@ -11,7 +11,7 @@ from gptlab.errors import ConfigError
 from gptlab.named_models import NAMED_MODELS, resolve_named_model
 from gptlab.tokenizer.bpe import BPETokenizer, ByteTokenizer, Tokenizer, gpt2_encoding
 from gptlab.tokenizer.gguf import GGUFTokenizer
-from gptlab.tokenizer.hf import HF_TOKENIZER_FILE, HFTokenizer
+from gptlab.tokenizer.hf import CHAT_TEMPLATE_FILE, HF_TOKENIZER_FILE, HFTokenizer
 
 TOKENIZERS = ("gpt2", "byte")
 GGUF_SUFFIX = ".gguf"
@@ -32,7 +32,7 @@ def get_tokenizer(name: str = "gpt2") -> Tokenizer:
         return _gguf_tokenizer(path, _version(path))
     path = path.parent if path.name == HF_TOKENIZER_FILE else path
     if (path / HF_TOKENIZER_FILE).is_file():
-        files = (path / f for f in (HF_TOKENIZER_FILE, *HFTokenizer.EOS_SOURCES))
+        files = (path / f for f in (HF_TOKENIZER_FILE, CHAT_TEMPLATE_FILE, *HFTokenizer.EOS_SOURCES))
         return _hf_tokenizer(path, tuple(_version(f) if f.is_file() else None for f in files))
     raise ConfigError(
         f"unknown tokenizer {name!r}; valid tokenizers: {', '.join(TOKENIZERS)}, a named model "
