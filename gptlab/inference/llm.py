@@ -31,13 +31,13 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import load_pretrained
-from gptlab.runs import RunFiles
 from gptlab.errors import ConfigError
 from gptlab.generate import stream_tokens
 from gptlab.inference.streaming import StopStreamer, TextStreamer
 from gptlab.model.gpt import GPT
 from gptlab.named_models import NAMED_MODELS, resolve_named_model
 from gptlab.prompts import ALPACA, PromptStyle, get_style, style_from_record
+from gptlab.runs import RunFiles
 from gptlab.tokenizer import TOKENIZERS, ByteTokenizer, Tokenizer, get_tokenizer
 
 
@@ -91,10 +91,11 @@ class LLM:
         text = str(source)
         local = resolve_named_model(text) if text in NAMED_MODELS else Path(text).expanduser()
         run = RunFiles.find(local)
+        data = run.data_settings()
         model = load_pretrained(text).to(pick_device(device)).eval()
         if dtype is not None:
             model = model.to(dtype)
-        tok = get_tokenizer(tokenizer or _own_tokenizer(local, run, model.cfg.vocab_size))
+        tok = get_tokenizer(tokenizer or _own_tokenizer(local, run, data, model.cfg.vocab_size))
         if tok.vocab_size > model.cfg.vocab_size:
             raise ConfigError(
                 f"tokenizer {tok.name!r} has {tok.vocab_size} ids but the model's vocab_size is "
@@ -103,7 +104,7 @@ class LLM:
             )
         style = _prompt_style(prompt_style, run, tok, model.cfg.name)
         stops = tuple(getattr(tok, "stop_ids", None) or (tok.eot_id,))
-        return cls(model, tok, style, stops, text, run.data_settings())
+        return cls(model, tok, style, stops, text, data)
 
     @property
     def device(self) -> torch.device:
@@ -174,14 +175,15 @@ class LLM:
         return "".join(self.chat_stream(messages, Sampling(max_new_tokens, temperature, top_k, top_p, seed)))
 
 
-def _own_tokenizer(local: Path, run: RunFiles, vocab_size: int) -> str:
-    """The tokenizer that came with the model (see ``LLM``), as a ``get_tokenizer`` name."""
+def _own_tokenizer(local: Path, run: RunFiles, data: dict[str, Any], vocab_size: int) -> str:
+    """The tokenizer that came with the model (see ``LLM``), as a ``get_tokenizer`` name; ``data``
+    is the run's recorded data settings."""
     if local.suffix == ".gguf":
         return str(local)
     own = run.tokenizer_dir()
     if own is not None:
         return str(own)
-    recorded = run.data_settings().get("tokenizer")
+    recorded = data.get("tokenizer")
     if isinstance(recorded, str) and recorded:
         return recorded
     return ByteTokenizer.name if vocab_size == ByteTokenizer.vocab_size else "gpt2"

@@ -23,10 +23,18 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from gptlab.errors import ConfigError, first_line
 from gptlab.gguf_file import read_gguf
-from gptlab.tokenizer.bpe import END_OF_TEXT, GPT2_EOT_ID, GPT2_PATTERN, BPETokenizer, ByteTokenizer, Tokenizer, gpt2_bpe_files
+from gptlab.tokenizer.bpe import (
+    END_OF_TEXT,
+    GPT2_EOT_ID,
+    GPT2_PATTERN,
+    BPETokenizer,
+    ByteTokenizer,
+    Tokenizer,
+    gpt2_bpe_files,
+)
 from gptlab.tokenizer.chat_template import ChatTemplate
 from gptlab.tokenizer.gguf_vocab import GGUFVocab
-from gptlab.tokenizer.hf import HF_TOKENIZER_FILE, HFTokenizer, json_object
+from gptlab.tokenizer.hf import HF_TOKENIZER_FILE, HFTokenizer, json_object, token_text
 
 #: ``tokenizer.ggml.model`` of a byte-level BPE, the one kind of GGUF vocabulary gptlab reads and writes.
 BYTE_LEVEL_BPE = "gpt2"
@@ -349,8 +357,8 @@ def hf_vocab(tokenizer: HFTokenizer) -> GGUFVocab:
 
 def _hf_token_id(tokenizer: HFTokenizer, value: Any) -> int | None:
     """The id of a ``tokenizer_config.json`` token entry (a string or an ``{"content": ...}`` dict)."""
-    value = value.get("content") if isinstance(value, dict) else value
-    return tokenizer.tokenizer.token_to_id(value) if isinstance(value, str) else None
+    text = token_text(value)
+    return tokenizer.tokenizer.token_to_id(text) if text is not None else None
 
 
 def _hf_adds_bos(tokenizer: HFTokenizer, spec: dict[str, Any], settings: dict[str, Any], bos_id: int | None) -> bool:

@@ -47,8 +47,8 @@ class HFTokenizer:
         for file, key in self.EOS_SOURCES.items():
             value = json_object(directory / file).get(key)
             value = value[0] if isinstance(value, list) and value else value
-            value = value.get("content") if isinstance(value, dict) else value
-            found = self.tokenizer.token_to_id(value) if isinstance(value, str) else value
+            text = token_text(value)
+            found = self.tokenizer.token_to_id(text) if text is not None else value
             if isinstance(found, int):
                 return found
         found = self.tokenizer.token_to_id(END_OF_TEXT)
@@ -97,9 +97,13 @@ def _chat_template(directory: Path, eos_token: str | None) -> ChatTemplate | Non
                           None)
     if not isinstance(source, str):
         return None
-    bos = settings.get("bos_token")
-    bos = bos.get("content") if isinstance(bos, dict) else bos
-    return ChatTemplate(source, bos_token=bos if isinstance(bos, str) else None, eos_token=eos_token)
+    return ChatTemplate(source, bos_token=token_text(settings.get("bos_token")), eos_token=eos_token)
+
+
+def token_text(entry: Any) -> str | None:
+    """The text of a ``tokenizer_config.json`` token entry: a string, or an ``{"content": ...}`` dict."""
+    entry = entry.get("content") if isinstance(entry, dict) else entry
+    return entry if isinstance(entry, str) else None
 
 
 def json_object(path: Path) -> dict[str, Any]:
