@@ -15,9 +15,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-from gptlab.runs import PROMPT_FILE
 from gptlab.fileio import atomic_write_text
 from gptlab.prompts import PromptStyle, get_style
+from gptlab.runs import PROMPT_FILE
 
 
 def write_prompt_style(directory: str | Path, style: str | PromptStyle) -> Path:

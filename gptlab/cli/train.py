@@ -26,13 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks import RunSummary
 from gptlab.checkpoints import read_task_checkpoint
-from gptlab.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG_FILE
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.extras import require_extra
 from gptlab.fileio import atomic_write_text
 from gptlab.loggers import finish_wandb
 from gptlab.model import GPTConfig
+from gptlab.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG_FILE
 from gptlab.sweeps import require_plugins
+
 
 class _HideTips(logging.Filter):
     """Lightning advertises cloud services at every start; keep the console to the run itself."""

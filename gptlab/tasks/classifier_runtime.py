@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import read_task_checkpoint
-from gptlab.runs import LAST_CHECKPOINT, RunFiles
 from gptlab.errors import CheckpointError
 from gptlab.model import GPT
 from gptlab.model.lora import has_lora, merge_lora
+from gptlab.runs import LAST_CHECKPOINT, RunFiles
 from gptlab.tasks.classifier_export import CLASSIFIER_FILE, is_classifier_export, read_classifier_export
 from gptlab.tasks.classifier_head import pool_logits
 from gptlab.tasks.classify import ClassifyTask
