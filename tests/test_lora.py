@@ -35,18 +35,25 @@ def _randomise_adapters(model: nn.Module, seed: int = 1) -> None:
                 module.lora_B.copy_(torch.randn(module.lora_B.shape, generator=gen) * 0.05)
 
 
-def test_lora_linear_is_the_books_layer():
+@pytest.mark.parametrize(("scaling", "scale"), [("alpha_over_rank", 2.0 / 3), ("alpha", 2.0)])
+def test_lora_linear_scales_the_update_by_alpha_over_rank_or_the_printed_books_alpha(scaling, scale):
     torch.manual_seed(0)
     base = nn.Linear(8, 5)
-    layer = LoRALinear(base, rank=3, alpha=2.0)
+    layer = LoRALinear(base, rank=3, alpha=2.0, scaling=scaling)
     x = torch.randn(4, 8)
     assert torch.equal(layer(x), base(x))  # B starts at zero
     assert not base.weight.requires_grad and layer.lora_A.requires_grad and layer.lora_B.requires_grad
     with torch.no_grad():
         layer.lora_B.normal_()
-    expected = base(x) + 2.0 * (x @ layer.lora_A @ layer.lora_B)  # scaled by alpha, not alpha/rank
+    expected = base(x) + scale * (x @ layer.lora_A @ layer.lora_B)
     assert torch.allclose(layer(x), expected, atol=1e-6)
     assert torch.allclose(layer.merged()(x), expected, atol=1e-5)
+
+
+def test_lora_scaling_defaults_to_the_fields_convention_and_rejects_unknown_names():
+    assert LoRALinear(nn.Linear(4, 4), rank=8, alpha=16).scale == 2.0
+    with pytest.raises(ConfigError, match="alpha_over_rank"):
+        apply_lora(_gpt(), rank=2, alpha=1, scaling="alpha/rank")
 
 
 def test_apply_lora_leaves_outputs_unchanged_and_freezes_the_base():

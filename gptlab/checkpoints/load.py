@@ -36,6 +36,7 @@ from gptlab.errors import CheckpointError
 from gptlab.gguf_file import is_gguf_file
 from gptlab.model.config import GPTConfig
 from gptlab.model.gpt import GPT
+from gptlab.model.lora import LEGACY_SCALING, lora_scale
 from gptlab.named_models import NAMED_MODELS, resolve_named_model
 from gptlab.runs import RunFiles
 
@@ -97,10 +98,12 @@ def model_from_task_checkpoint(checkpoint: TaskCheckpoint, config: GPTConfig | N
     """The ``GPT`` inside a task checkpoint, built from the model config the task recorded."""
     state, saved, source = checkpoint.model_state, checkpoint.model_config, str(checkpoint.path)
     if any(key.endswith(".lora_A") for key in state):  # a LoRA run: its adapters folded into the weights
-        alpha = (checkpoint.hparams.get("lora") or {}).get("alpha")
-        if alpha is None:
-            raise CheckpointError(f"{source} holds LoRA adapters but does not record lora.alpha; load it with its task")
-        state = merge_lora_weights(state, float(alpha))
+        lora = checkpoint.hparams.get("lora") or {}
+        if lora.get("alpha") is None or lora.get("rank") is None:
+            raise CheckpointError(f"{source} holds LoRA adapters but does not record lora.alpha and lora.rank; "
+                                  "load it with its task")
+        scale = lora_scale(lora["alpha"], int(lora["rank"]), lora.get("scaling", LEGACY_SCALING))
+        state = merge_lora_weights(state, scale)
     if saved is None:
         if config is None:
             raise CheckpointError(f"{source} does not record its model config; pass the config it was trained with")

@@ -133,14 +133,14 @@ def _check_names(missing: list[str], unexpected: list[str], config: GPTConfig, s
     raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}{hint}")
 
 
-def merge_lora_weights(state: StateDict, alpha: float) -> StateDict:
+def merge_lora_weights(state: StateDict, scale: float) -> StateDict:
     """A state dict with LoRA-wrapped layers (``X.base.weight``, ``X.lora_A``, ``X.lora_B``) folded
-    back into plain ``X.weight`` / ``X.bias``: ``W + alpha * (A @ B)^T``, as ``LoRALinear.merged`` does."""
+    back into plain ``X.weight`` / ``X.bias``: ``W + scale * (A @ B)^T``, as ``LoRALinear.merged`` does."""
     merged = {k: v for k, v in state.items() if not k.endswith((".base.weight", ".base.bias", ".lora_A", ".lora_B"))}
     for key in state:
         if key.endswith(".lora_A"):
             layer = key.removesuffix(".lora_A")
-            delta = alpha * (state[f"{layer}.lora_A"] @ state[f"{layer}.lora_B"]).T
+            delta = scale * (state[f"{layer}.lora_A"] @ state[f"{layer}.lora_B"]).T
             merged[f"{layer}.weight"] = state[f"{layer}.base.weight"] + delta.to(state[f"{layer}.base.weight"].dtype)
             if f"{layer}.base.bias" in state:
                 merged[f"{layer}.bias"] = state[f"{layer}.base.bias"]

@@ -6,10 +6,10 @@ a trainable low-rank update ``scale * (x @ A @ B)`` to the frozen layer's output
 adapter checkpoint (``lora_state_dict``) is a small fraction of the model, and ``merge_lora`` folds
 the update back into plain ``nn.Linear`` weights for export and inference at no extra cost.
 
-Scaling: the update is multiplied by ``alpha``, exactly as the book's ``LoRALayer`` does
-(``alpha * (x @ A @ B)``), not by ``alpha / rank`` as in the LoRA paper. The book's experiments
-(e.g. rank 16, alpha 16 in the chapter 6 table) then reproduce with the book's numbers; for the
-paper's convention pass ``alpha = paper_alpha / rank``.
+Scaling (``scaling``): ``alpha_over_rank`` (the default) multiplies the update by ``alpha / rank``,
+as the LoRA paper, PEFT, litgpt and the book's current code do, so an adapter means the same in
+all of them; ``alpha`` multiplies it by ``alpha`` alone, as the printed book's ``LoRALayer`` does
+(``alpha * (x @ A @ B)``). With rank 16 and alpha 16 the two differ sixteen-fold.
 """
 
 from __future__ import annotations
@@ -33,16 +33,30 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 #: Name pieces of the adapter parameters, used to pick them out of a state dict.
 LORA_PARAM_SUFFIXES: tuple[str, ...] = (".lora_A", ".lora_B")
 
+#: How the low-rank update is scaled: by ``alpha / rank`` (the field's convention) or by ``alpha``
+#: (the printed book's). A checkpoint that records no scaling predates the setting: ``alpha``.
+LORA_SCALINGS: tuple[str, ...] = ("alpha_over_rank", "alpha")
+LEGACY_SCALING = "alpha"
+
+
+def lora_scale(alpha: float, rank: int, scaling: str = "alpha_over_rank") -> float:
+    """The factor the update ``x @ A @ B`` is multiplied by."""
+    if scaling not in LORA_SCALINGS:
+        raise ConfigError(f"LoRA scaling {scaling!r} is unknown; use one of {', '.join(LORA_SCALINGS)}")
+    return float(alpha) / rank if scaling == "alpha_over_rank" else float(alpha)
+
 
 class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update: ``base(x) + alpha * (drop(x) @ A @ B)``.
+    """A frozen ``nn.Linear`` plus a trainable low-rank update: ``base(x) + scale * (drop(x) @ A @ B)``,
+    ``scale`` being ``alpha / rank`` or ``alpha`` (``scaling``, see the module docstring).
 
     ``A`` (``in_features x rank``) starts Kaiming-uniform like a linear layer's weight and ``B``
     (``rank x out_features``) starts at zero, so a freshly wrapped layer computes exactly what the
     base layer does and training starts from the pretrained function.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 scaling: str = "alpha_over_rank") -> None:
         super().__init__()
         if rank <= 0:
             raise ConfigError(f"LoRA rank must be a positive integer, got {rank}")
@@ -51,6 +65,8 @@ class LoRALinear(nn.Module):
         self.base = base
         self.rank = rank
         self.alpha = float(alpha)
+        self.scaling = scaling
+        self.scale = lora_scale(alpha, rank, scaling)
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(base.in_features, rank, **factory))
         self.lora_B = nn.Parameter(torch.zeros(rank, base.out_features, **factory))
@@ -69,10 +85,10 @@ class LoRALinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """The update in ``nn.Linear`` layout (``out_features x in_features``)."""
-        return self.alpha * (self.lora_A @ self.lora_B).T
+        return self.scale * (self.lora_A @ self.lora_B).T
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.alpha * (self.dropout(x) @ self.lora_A @ self.lora_B)
+        return self.base(x) + self.scale * (self.dropout(x) @ self.lora_A @ self.lora_B)
 
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` computing the same function (without adapter dropout)."""
@@ -86,7 +102,7 @@ class LoRALinear(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha:g}"
+        return f"rank={self.rank}, alpha={self.alpha:g}, scaling={self.scaling}"
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
@@ -108,7 +124,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
                targets: Iterable[str] = DEFAULT_TARGETS, exclude: Iterable[str] = ("out_head",),
-               freeze: bool = True) -> list[str]:
+               freeze: bool = True, scaling: str = "alpha_over_rank") -> list[str]:
     """Wrap every ``nn.Linear`` whose name matches ``targets`` in a ``LoRALinear``, in place.
 
     With ``freeze`` (the default) every existing parameter is frozen first, so afterwards only the
@@ -117,6 +133,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     at all is an error, since it almost always means a misspelt pattern.
     """
     targets, exclude = tuple(targets), tuple(exclude)
+    lora_scale(alpha, rank, scaling)  # a bad scaling fails before the model is touched
     if freeze:
         for param in model.parameters():
             param.requires_grad_(False)
@@ -130,7 +147,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
             f"LoRA targets {list(targets)} match no linear layer; linear layer names end in: {linears}"
         )
     for name in names:
-        _set_submodule(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout))
+        _set_submodule(model, name, LoRALinear(model.get_submodule(name), rank, alpha, dropout, scaling))
     return names
 
 
@@ -207,11 +224,11 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     also when the block raises.
     """
     layers = list(lora_layers(model).values())
-    saved = [layer.alpha for layer in layers]
+    saved = [layer.scale for layer in layers]
     for layer in layers:
-        layer.alpha = 0.0
+        layer.scale = 0.0
     try:
         yield model
     finally:
-        for layer, alpha in zip(layers, saved):
-            layer.alpha = alpha
+        for layer, scale in zip(layers, saved):
+            layer.scale = scale

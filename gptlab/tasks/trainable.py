@@ -21,11 +21,13 @@ TRAINABLE_LAYERS = ("all", "last_layer", "last_block", "last_two_blocks", "lora"
 
 @dataclass
 class LoRAConfig:
-    """LoRA settings; the update is scaled by ``alpha`` as in the book (see ``gptlab.model.lora``)."""
+    """LoRA settings; the update is scaled by ``alpha / rank`` or, as in the printed book, by
+    ``alpha`` (``scaling``, see ``gptlab.model.lora``)."""
 
     rank: int = 16
     alpha: float = 16.0
     dropout: float = 0.0
+    scaling: str = "alpha_over_rank"
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
 
@@ -53,7 +55,8 @@ def set_trainable(model: GPT, trainable_layers: str, lora: LoRAConfig,
     model.requires_grad_(trainable_layers == "all")
     wrapped: list[str] = []
     if trainable_layers == "lora":
-        wrapped = apply_lora(model, lora.rank, lora.alpha, lora.dropout, targets=lora.targets)
+        wrapped = apply_lora(model, lora.rank, lora.alpha, lora.dropout, targets=lora.targets,
+                             scaling=lora.scaling)
     elif trainable_layers == "last_layer":
         model.out_head.requires_grad_(True)
     elif trainable_layers in ("last_block", "last_two_blocks"):
