@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from gptlab.errors import ConfigError
 from gptlab.model.attention import KVCache, LayerKVCache, MultiHeadAttention, Rope
@@ -65,11 +66,17 @@ class GPT(nn.Module):
     Submodule names follow the book (``tok_emb``, ``pos_emb``, ``trf_blocks``, ``final_norm``,
     ``out_head``), so the book's state dicts load without renaming. With ``pos_emb=rope`` there is
     no position table: ``rope`` holds the rotation tables every attention layer applies.
+
+    ``activation_checkpointing`` trades compute for memory in training: each block's activations
+    are recomputed in the backward pass instead of stored, about one more forward pass for memory
+    that no longer grows with depth. A runtime switch, not part of the config: the weights and what
+    the model computes are the same either way.
     """
 
-    def __init__(self, cfg: GPTConfig) -> None:
+    def __init__(self, cfg: GPTConfig, activation_checkpointing: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.activation_checkpointing = activation_checkpointing
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim) if cfg.pos_emb == "learned" else None
         self.rope = (RotaryEmbedding(cfg.head_dim, cfg.context_length, cfg.rope_base, cfg.rope_scaling)
@@ -129,9 +136,14 @@ class GPT(nn.Module):
             attention_mask = torch.ones(batch_size, past + num_tokens, dtype=torch.bool, device=in_idx.device)
         if attention_mask is not None:
             attn_mask = self.padding_aware_causal_mask(attention_mask, num_tokens, causal)
+        # Recompute only where activations are kept for a backward pass; a cache means inference.
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for layer, block in enumerate(self.trf_blocks):
-            cache = kv_cache.layers[layer] if kv_cache is not None else None
-            x = block(x, attn_mask, cache, past, rope)
+            if recompute:
+                x = checkpoint(block, x, attn_mask, None, past, rope, use_reentrant=False)
+            else:
+                cache = kv_cache.layers[layer] if kv_cache is not None else None
+                x = block(x, attn_mask, cache, past, rope)
         if kv_cache is not None:
             kv_cache.length = past + num_tokens
 
