@@ -33,6 +33,24 @@ def test_flops_per_token_equals_torch_flop_counter(tie: bool) -> None:
     assert counter.get_total_flops() == idx.numel() * flops_per_token(model, 32, training=False)
 
 
+@pytest.mark.parametrize("trainable", ["last_block", "last_layer", "last_layer_tied"])
+def test_flops_of_partly_frozen_training_equal_what_autograd_runs(trainable: str) -> None:
+    # The book's frozen-layer options: autograd skips the backward of layers before the first
+    # trained one and the weight gradients of frozen weights; the count must follow it.
+    model = GPT(GPTConfig(**TINY, attention="manual", tie_embeddings=trainable.endswith("tied")))
+    model.requires_grad_(False)
+    if trainable == "last_block":
+        for module in (model.trf_blocks[-1], model.final_norm, model.out_head):
+            module.requires_grad_(True)
+    else:
+        model.out_head.requires_grad_(True)
+    idx = torch.randint(0, 300, (3, 32))
+    with FlopCounterMode(display=False) as counter:
+        model(idx).sum().backward()
+    assert counter.get_total_flops() == idx.numel() * flops_per_token(model, 32)
+    assert flops_per_token(model, 32) < flops_per_token(GPT(GPTConfig(**TINY, attention="manual")), 32)
+
+
 def test_flops_hand_count_gpt2_small() -> None:
     # 124M: 12 layers x 12 d^2 matmul weights + the 50257 x 768 head; attention at T = 1024.
     model = GPT(GPTConfig.from_preset("gpt2-small"))

@@ -98,8 +98,8 @@ class Throughput(L.Callback):
 
     Tokens come from the task's ``tokens_seen`` (summed over ranks), time from the start to the
     end of each training step. The first ``skip_steps`` steps (allocation, compilation) are left
-    out of the run average in ``summary``. MFU assumes every weight trains; with frozen layers the
-    backward pass does less work than counted.
+    out of the run average in ``summary``. Frozen layers count only the backward work autograd
+    runs for them (``flops_per_token``).
     """
 
     def __init__(self, skip_steps: int = 2) -> None:
