@@ -16,7 +16,9 @@ the response text follows it directly. Keeping prompt and response apart lets a 
 tokenize them separately, so a prompt mask ends exactly at the response's first token.
 
 Styles are a registry: ``register_style(PromptStyle(...))`` adds one, and ``data.prompt_style``
-names it.
+names it. ``data.prompt_style=chat_template`` (``CHAT_TEMPLATE``) is the tokenizer's own template
+instead (``resolve_style``): records are then formatted as the model's chat, and each response ends
+with the template's end-of-turn token (``<|im_end|>`` for ChatML).
 """
 
 from __future__ import annotations
@@ -27,14 +29,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from gptlab.errors import ConfigError
+from gptlab.tokenizer.bpe import Tokenizer
 from gptlab.tokenizer.chat_template import ChatTemplate
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
 )
-#: Stands in for a message's text while a template's fixed parts are read off a rendering.
+#: The ``prompt_style`` that means the tokenizer's own chat template rather than a registered style.
+CHAT_TEMPLATE = "chat_template"
+#: Stand in for a message's text while a template's fixed parts are read off a rendering.
 _PROBE = "\x00probe\x00"
+_REPLY_PROBE = "\x00reply\x00"
 Message = Mapping[str, str]
 
 
@@ -109,9 +115,48 @@ class PromptStyle:
         """The prompt for ``record``: everything the model sees before its response."""
         return self.render([self.user_message(record)])
 
+    def prompt_and_response(self, record: Mapping[str, str], response: str | None = None) -> tuple[str, str]:
+        """The prompt, and the reply ``response`` (default: the record's ``output``) as the template
+        writes it after the prompt, up to its end-of-turn marker (``end_of_turn``, left out: it is
+        one token, ``end_id``). Together they are the template's rendering of the conversation."""
+        reply = record["output"] if response is None else response
+        prompt = self.prompt(record)
+        full = self.render([self.user_message(record), {"role": "assistant", "content": reply}],
+                           add_generation_prompt=False)
+        if not full.startswith(prompt):
+            raise ConfigError(f"prompt style {self.name!r}: its chat template does not write a reply after its "
+                              "generation prompt, so a response cannot be told from its prompt; use a registered "
+                              f"style: {', '.join(PROMPT_STYLES)}")
+        closing = self._closing
+        text = full[len(prompt):]
+        if closing and text.endswith(closing):
+            text = text[: -len(closing)] + (closing.split(self.end_of_turn, 1)[0] if self.end_of_turn else "")
+        return prompt, text
+
     def example(self, record: Mapping[str, str], response: str | None = None) -> str:
         """The prompt followed by ``response`` (default: the record's ``output``)."""
-        return self.prompt(record) + (record["output"] if response is None else response)
+        return "".join(self.prompt_and_response(record, response))
+
+    @functools.cached_property
+    def _closing(self) -> str:
+        """What the template writes after an assistant reply (ChatML: ``<|im_end|>\\n``)."""
+        text = self.render([{"role": "user", "content": _PROBE}, {"role": "assistant", "content": _REPLY_PROBE}],
+                           add_generation_prompt=False)
+        return text.rsplit(_REPLY_PROBE, 1)[1] if _REPLY_PROBE in text else ""
+
+    @property
+    def end_of_turn(self) -> str:
+        """The text the template itself ends an assistant turn with (``<|im_end|>``), or "" when it
+        writes none (Alpaca and Phi-3 start the next section instead)."""
+        stops = self.template.stop_strings
+        return stops[0] if stops else ""
+
+    def end_id(self, tokenizer: Tokenizer) -> int:
+        """The token a trained response ends with: ``end_of_turn`` when ``tokenizer`` has it as one
+        token (``<|im_end|>`` in SmolLM2's vocabulary), else the tokenizer's end-of-text (the book's
+        ``<|endoftext|>``), so that a model learns to stop where its template stops."""
+        ids = tokenizer.encode(self.end_of_turn) if self.end_of_turn else []
+        return ids[0] if len(ids) == 1 else tokenizer.eot_id
 
     @property
     def response_prefix(self) -> str:
@@ -127,8 +172,9 @@ class PromptStyle:
 
     def to_record(self) -> dict[str, Any]:
         """What a run records of its format (``prompt.json``): the style's name and its template."""
+        tokens = {"bos_token": self.bos_token, "eos_token": self.eos_token}
         return {"prompt_style": self.name, "chat_template": self.chat_template, "input_template": self.input_template,
-                "stop": self.stop}
+                "stop": self.stop, **{key: text for key, text in tokens.items() if text is not None}}
 
 
 ALPACA = PromptStyle(
@@ -173,9 +219,26 @@ def get_style(name: str | PromptStyle) -> PromptStyle:
     """The registered style ``name`` (a ``PromptStyle`` passes through)."""
     if isinstance(name, PromptStyle):
         return name
+    if name == CHAT_TEMPLATE:
+        raise ConfigError(f"prompt style {CHAT_TEMPLATE!r} is a tokenizer's own template and needs that tokenizer "
+                          f"(gptlab.prompts.resolve_style); registered styles: {', '.join(PROMPT_STYLES)}")
     if name not in PROMPT_STYLES:
-        raise ConfigError(f"unknown prompt style {name!r}; registered styles: {', '.join(PROMPT_STYLES)}")
+        raise ConfigError(f"unknown prompt style {name!r}; registered styles: {', '.join(PROMPT_STYLES)} "
+                          f"(or {CHAT_TEMPLATE}, the tokenizer's own)")
     return PROMPT_STYLES[name]
+
+
+def resolve_style(name: str | PromptStyle, tokenizer: Tokenizer) -> PromptStyle:
+    """``get_style``, where ``chat_template`` is ``tokenizer``'s own chat template (the registered
+    style it is, if it is one): the format a pretrained chat model already answers in."""
+    if isinstance(name, PromptStyle) or name != CHAT_TEMPLATE:
+        return get_style(name)
+    template = getattr(tokenizer, "chat_template", None)
+    if template is None:
+        raise ConfigError(f"prompt style {CHAT_TEMPLATE!r} formats records in the tokenizer's own chat template, "
+                          f"and tokenizer {tokenizer.name!r} has none; use a registered style: "
+                          f"{', '.join(PROMPT_STYLES)}")
+    return PromptStyle.from_chat_template(CHAT_TEMPLATE, template.source, template.bos_token, template.eos_token)
 
 
 for _style in (ALPACA, PHI3, CHATML):
@@ -190,8 +253,9 @@ def style_from_record(record: Mapping[str, Any]) -> PromptStyle:
         return PROMPT_STYLES[name]
     template = record.get("chat_template")
     if isinstance(name, str) and isinstance(template, str):
+        tokens = {key: record[key] for key in ("bos_token", "eos_token") if isinstance(record.get(key), str)}
         return PromptStyle(name, template, str(record.get("input_template") or "\n\n{input}"),
-                           str(record.get("stop") or ""))
+                           str(record.get("stop") or ""), **tokens)
     raise ConfigError(f"unknown prompt style {name!r} and no chat template recorded; "
                       f"registered styles: {', '.join(PROMPT_STYLES)}")
 

@@ -27,17 +27,22 @@ def write_prompt_style(directory: str | Path, style: str | PromptStyle) -> Path:
 
 
 class RecordPromptStyle(L.Callback):
-    """Write the data module's ``prompt_style`` into ``run_dir`` at the start of fitting and into
+    """Write the data module's prompt style into ``run_dir`` at the start of fitting and into
     ``model_dir`` (the export) at its end; place it after ``ExportModel``, which replaces that
-    directory."""
+    directory. The style is the resolved one (``style``: a tokenizer's own chat template with its
+    text), else the registered name ``prompt_style``."""
 
     def __init__(self, run_dir: str, model_dir: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.model_dir = Path(model_dir) if model_dir else None
 
     @staticmethod
-    def _style(trainer: L.Trainer) -> str | None:
-        return getattr(trainer.datamodule, "prompt_style", None) if trainer.datamodule is not None else None
+    def _style(trainer: L.Trainer) -> PromptStyle | str | None:
+        data = trainer.datamodule
+        if data is None:
+            return None
+        style = getattr(data, "style", None)
+        return style if isinstance(style, PromptStyle) else getattr(data, "prompt_style", None)
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

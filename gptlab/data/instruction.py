@@ -1,11 +1,13 @@
 """Instruction data (book chapter 7): Alpaca records as prompt + response token sequences.
 
-Each record becomes the ids of its prompt (in a registered prompt style) followed by the ids of
-its response, tokenized *separately*: the prompt mask (``mask_prompt``) then ends exactly where
-the response's first token begins, whatever the tokenizer would merge across the boundary.
-Batches are the book's ``custom_collate_fn``: ``<|endoftext|>`` appended, padded to the longest
-item + 1, targets shifted by one, every padding target after the first set to -100 (the first
-one teaches the model to stop), and everything cut to ``allowed_max_length``.
+Each record becomes the ids of its prompt (in a registered prompt style, or the tokenizer's own
+chat template: ``prompt_style=chat_template``) followed by the ids of its response, tokenized
+*separately*: the prompt mask (``mask_prompt``) then ends exactly where the response's first token
+begins, whatever the tokenizer would merge across the boundary. Batches are the book's
+``custom_collate_fn``: the style's end token appended (``<|endoftext|>``, or the chat template's
+own, e.g. ``<|im_end|>``), padded to the longest item + 1, targets shifted by one, every padding
+target after the first set to -100 (the first one teaches the model to stop), and everything cut
+to ``allowed_max_length``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from gptlab.data.loaders import loader_options
 from gptlab.data.records import INSTRUCTION_DATA_SHA256, INSTRUCTION_DATA_URL, Record, read_records, split_records
 from gptlab.errors import DataError
-from gptlab.prompts import PromptStyle, get_style
+from gptlab.prompts import PromptStyle, resolve_style
 from gptlab.tokenizer import Tokenizer, get_tokenizer
 
 IGNORE_INDEX = -100
@@ -39,18 +41,21 @@ class Example(NamedTuple):
 
 
 def encode_record(record: Record, style: PromptStyle, tokenizer: Tokenizer) -> Example:
-    """``record`` as prompt ids + response ids, each part tokenized on its own."""
-    prompt = tokenizer.encode(style.prompt(record))
-    return Example(prompt + tokenizer.encode(record["output"]), len(prompt))
+    """``record`` as prompt ids + response ids, each part tokenized on its own (the response's end
+    token, ``style.end_id``, is the collate function's to append)."""
+    prompt_text, response_text = style.prompt_and_response(record)
+    prompt = tokenizer.encode(prompt_text)
+    return Example(prompt + tokenizer.encode(response_text), len(prompt))
 
 
 def collate(batch: Sequence[Example | Sequence[int]], pad_id: int = 50256, ignore_index: int = IGNORE_INDEX,
-            allowed_max_length: int | None = None, mask_prompt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+            allowed_max_length: int | None = None, mask_prompt: bool = False,
+            end_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The book's ``custom_collate_fn`` (plus ``mask_prompt``): ``(inputs, targets)`` of equal shape.
 
-    Items are ``Example``s or plain id lists (no prompt to mask). ``pad_id`` is also the
-    end-of-text id appended to every item. Padding is recognised by position, not by value, so
-    a genuine ``pad_id`` inside a text is never ignored.
+    Items are ``Example``s or plain id lists (no prompt to mask). ``end_id`` (default ``pad_id``,
+    the book's end-of-text) is appended to every item: the token that ends a response. Padding is
+    recognised by position, not by value, so a genuine ``pad_id`` inside a text is never ignored.
     """
     examples = [item if isinstance(item, Example) else Example(list(item), 0) for item in batch]
     width = max(len(ex.ids) + 1 for ex in examples)
@@ -58,9 +63,9 @@ def collate(batch: Sequence[Example | Sequence[int]], pad_id: int = 50256, ignor
     targets = torch.full((len(examples), width), ignore_index, dtype=torch.long)
     for row, ex in enumerate(examples):
         n = len(ex.ids)
-        sequence = torch.tensor([*ex.ids, pad_id], dtype=torch.long)
+        sequence = torch.tensor([*ex.ids, pad_id if end_id is None else end_id], dtype=torch.long)
         inputs[row, :n] = sequence[:n]
-        targets[row, :n] = sequence[1:]  # the last real target is the appended end-of-text
+        targets[row, :n] = sequence[1:]  # the last real target is the appended end token
         if mask_prompt and ex.prompt_length > 1:
             targets[row, : ex.prompt_length - 1] = ignore_index  # targets that are prompt tokens
     # The book pads to the longest + 1 and drops the last column: inputs keep the longest item.
@@ -77,9 +82,10 @@ class InstructionCollate:
     pad_id: int
     allowed_max_length: int | None
     mask_prompt: bool
+    end_id: int | None = None
 
     def __call__(self, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        return collate(batch, self.pad_id, IGNORE_INDEX, self.allowed_max_length, self.mask_prompt)
+        return collate(batch, self.pad_id, IGNORE_INDEX, self.allowed_max_length, self.mask_prompt, self.end_id)
 
 
 class InstructionDataset(Dataset[Example]):
@@ -123,7 +129,9 @@ class InstructionDataModule(L.LightningDataModule):
             ``hf:NAME``; default the book's ``instruction-data.json``.
         val_path, test_path: optional files for the validation / test split; the main records
             then give their share to training.
-        prompt_style: a registered style (``alpaca``, ``phi3``, ...).
+        prompt_style: a registered style (``alpaca``, ``phi3``, ``chatml``), or ``chat_template``: the
+            tokenizer's own chat template (a GGUF's or a Hugging Face directory's), each response
+            ending with its end-of-turn token; a tokenizer without one is a ``ConfigError``.
         mask_prompt: ignore the prompt's tokens in the loss (train on responses only).
         allowed_max_length: cut batches to this many tokens (``null``: no cut); records longer
             than it are counted and reported, and dropped with ``drop_over_long``.
@@ -148,9 +156,11 @@ class InstructionDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise DataError(f"data.num_workers must be 0 or more, got {num_workers}")
         self.save_hyperparameters()  # checkpoints then record the prompt style with the weights
-        self.style = get_style(prompt_style)
-        self.prompt_style = self.style.name
         self.tokenizer: Tokenizer = get_tokenizer(tokenizer)
+        self.style = resolve_style(prompt_style, self.tokenizer)
+        self.prompt_style = self.style.name
+        #: The token every response ends with (``PromptStyle.end_id``).
+        self.end_id = self.style.end_id(self.tokenizer)
         self.path, self.sha256, self.val_path, self.test_path = path, sha256, val_path, test_path
         self.hf_split = hf_split
         self.mask_prompt, self.allowed_max_length, self.drop_over_long = mask_prompt, allowed_max_length, drop_over_long
@@ -220,7 +230,7 @@ class InstructionDataModule(L.LightningDataModule):
             "false" if self.drop_over_long else "true")
 
     def collate_fn(self) -> InstructionCollate:
-        return InstructionCollate(self.tokenizer.eot_id, self.allowed_max_length, self.mask_prompt)
+        return InstructionCollate(self.tokenizer.eot_id, self.allowed_max_length, self.mask_prompt, self.end_id)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:

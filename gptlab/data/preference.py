@@ -25,7 +25,7 @@ from gptlab.data.loaders import loader_options
 from gptlab.data.records import PREFERENCE_DATA_SHA256, PREFERENCE_DATA_URL, Record, read_records, split_records
 from gptlab.data.sources import cache_root
 from gptlab.errors import DataError
-from gptlab.prompts import PromptStyle, get_style
+from gptlab.prompts import PromptStyle, resolve_style
 from gptlab.tokenizer import Tokenizer, get_tokenizer
 
 SPLITS = ("train", "val", "test")
@@ -133,18 +133,21 @@ class PreferenceDataModule(L.LightningDataModule):
             against ``sha256``) or ``hf:NAME[:CONFIG]`` (split ``hf_split``).
         val_path: validation records from a file of their own; ``path`` then gives train and test
             only (its validation share goes to training).
-        prompt_style: a registered style (``gptlab.prompts``): ``alpaca`` or ``phi3``.
+        prompt_style: a registered style (``gptlab.prompts``: ``alpaca``, ``phi3``, ``chatml``), or
+            ``chat_template``: the tokenizer's own chat template; the style the model was
+            instruction-tuned with.
         max_length: prompt + response tokens at most (at most the model's context); longer pairs
             are cut by ``fit_pair`` and counted.
-        append_eos: end each response with the tokenizer's end-of-text token, the end marker that
-            instruction tuning trains, so the model also learns where a preferred response stops.
+        append_eos: end each response with the token instruction tuning ends it with
+            (``PromptStyle.end_id``: the tokenizer's end-of-text, or the chat template's own end of
+            turn such as ``<|im_end|>``), so the model also learns where a preferred response stops.
         train_ratio, test_ratio, shuffle_split, split_seed: ``split_records`` (book: 0.85 / 0.10,
             no shuffle: 935 / 110 / 55 of 1,100 records).
         cache_dir: where precomputed reference log-probabilities are kept (default: gptlab's cache).
     """
 
     def __init__(self, path: str = PREFERENCE_DATA_URL, sha256: str | None = PREFERENCE_DATA_SHA256,
-                 val_path: str | None = None, hf_split: str = "train", prompt_style: str = "alpaca",
+                 val_path: str | None = None, hf_split: str = "train", prompt_style: str | PromptStyle = "alpaca",
                  tokenizer: str = "gpt2", max_length: int = 1024, append_eos: bool = True,
                  train_ratio: float = 0.85, test_ratio: float = 0.10, shuffle_split: bool = False,
                  split_seed: int = 123, batch_size: int = 8, eval_batch_size: int | None = None,
@@ -157,8 +160,10 @@ class PreferenceDataModule(L.LightningDataModule):
             raise DataError("data.batch_size and data.eval_batch_size must be at least 1, "
                             f"got {batch_size} and {eval_batch_size}")
         self.path, self.sha256, self.val_path, self.hf_split = str(path), sha256, val_path, hf_split
-        self.style: PromptStyle = get_style(prompt_style)
         self.tokenizer: Tokenizer = get_tokenizer(tokenizer)
+        self.style: PromptStyle = resolve_style(prompt_style, self.tokenizer)
+        #: The token every response ends with, when ``append_eos`` (``PromptStyle.end_id``).
+        self.end_id = self.style.end_id(self.tokenizer)
         self.max_length, self.append_eos = int(max_length), bool(append_eos)
         self.split_args = {"train_ratio": train_ratio, "test_ratio": test_ratio, "shuffle": shuffle_split,
                            "seed": split_seed}
@@ -208,10 +213,11 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def encode(self, record: Record) -> tuple[PreferencePair, bool]:
         """The token ids of one record, fitted to ``max_length``."""
-        end = [self.tokenizer.eot_id] if self.append_eos else []
-        pair = PreferencePair(self.tokenizer.encode(self.style.prompt(record)),
-                              self.tokenizer.encode(record["chosen"]) + end,
-                              self.tokenizer.encode(record["rejected"]) + end)
+        end = [self.end_id] if self.append_eos else []
+        prompt, chosen = self.style.prompt_and_response(record, record["chosen"])
+        rejected = self.style.prompt_and_response(record, record["rejected"])[1]
+        pair = PreferencePair(self.tokenizer.encode(prompt), self.tokenizer.encode(chosen) + end,
+                              self.tokenizer.encode(rejected) + end)
         return fit_pair(pair, self.max_length)
 
     def reference_cache_dir(self) -> Path:
