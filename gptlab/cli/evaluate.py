@@ -4,6 +4,7 @@ Examples::
 
     gptlab-eval perplexity runs/verdict --text the-verdict.txt
     gptlab-eval perplexity runs/instruct --data instruction-data.json --split val --mask-prompt
+    gptlab-eval perplexity smollm2-135m-instruct --data instruction-data.json --mask-prompt --prompt-style alpaca
     gptlab-eval responses runs/instruct/test.jsonl                 # ROUGE-L, BLEU, share that stopped
     GPTLAB_JUDGE_MODEL=llama3 gptlab-eval responses runs/instruct/test.jsonl --judge
 
@@ -20,10 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gptlab.cli import run_command
-from gptlab.cli.respond import add_split_arguments, split_settings
+from gptlab.cli.respond import add_prompt_style_argument, add_split_arguments, load_llm, split_settings
 from gptlab.errors import ConfigError, DataError
-from gptlab.inference import LLM
-from gptlab.prompts import PROMPT_STYLES
 from gptlab.tokenizer import TOKENIZERS
 
 PROG = "gptlab-eval"
@@ -39,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--text", help="a UTF-8 text file, scored in consecutive context-length windows")
     what.add_argument("--data", help="instruction records (JSON/JSONL/URL/hf:NAME), split as in training")
     ppl.add_argument("--split", choices=("train", "val", "test"), default="val")
-    ppl.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default=None,
-                     help="default: the style recorded with the model, else alpaca")
+    add_prompt_style_argument(ppl)
     ppl.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=None,
                      help="score the response tokens only (default: as the run was trained, data.mask_prompt)")
     add_split_arguments(ppl)
@@ -70,7 +68,7 @@ def run_perplexity(args: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.text is not None and not Path(args.text).is_file():
         raise DataError(f"text file not found: {args.text}")
-    llm = LLM.load(args.source, tokenizer=args.tokenizer, prompt_style=args.prompt_style, device=args.device)
+    llm = load_llm(args)
     model, tokenizer = llm.model, llm.tokenizer
     context = model.cfg.context_length
     if args.text is not None:

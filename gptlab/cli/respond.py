@@ -4,6 +4,7 @@ The responses are what ``gptlab-eval responses`` scores (ROUGE-L, BLEU, an LLM j
 
     gptlab-respond runs/instruct --data instruction-data.json --split test --out runs/instruct/test.jsonl
     gptlab-eval responses runs/instruct/test.jsonl
+    gptlab-respond smollm2-135m-instruct --split test --limit 2 --out smollm2.jsonl   # in its own ChatML
 
 Rerunning the same command after a crash answers only the records still missing.
 """
@@ -20,7 +21,7 @@ from gptlab.data.records import INSTRUCTION_DATA_SHA256, INSTRUCTION_DATA_URL, r
 from gptlab.errors import ConfigError
 from gptlab.evaluation.responses import GenerationSettings, respond_to_records
 from gptlab.inference import LLM, Sampling
-from gptlab.prompts import PROMPT_STYLES
+from gptlab.prompts import CHAT_TEMPLATE, PROMPT_STYLES, resolve_style
 from gptlab.tokenizer import TOKENIZERS
 
 PROG = "gptlab-respond"
@@ -35,9 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
                         help="which part of --data to answer, split as in training (default: test)")
     parser.add_argument("--out", required=True, help="the JSONL file to write (appended to when resuming)")
-    parser.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default=None,
-                        help="default: the style recorded with the model (prompt.json), else its chat template, "
-                             "else alpaca")
+    add_prompt_style_argument(parser)
+    parser.add_argument("--limit", type=int, default=None, help="answer the first N records of the split only")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per response at most")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding (default)")
@@ -49,6 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return parser
+
+
+def add_prompt_style_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompt-style", choices=[*sorted(PROMPT_STYLES), CHAT_TEMPLATE], default=None,
+                        help=f"a registered style, or {CHAT_TEMPLATE}: the tokenizer's own (default: the style "
+                             "recorded with the model, prompt.json, else its tokenizer's chat template, else alpaca)")
+
+
+def load_llm(args: argparse.Namespace) -> LLM:
+    """The model of ``args.source`` in ``--prompt-style``, where ``chat_template`` is its tokenizer's
+    own template even when the run recorded another style."""
+    own = args.prompt_style == CHAT_TEMPLATE
+    llm = LLM.load(args.source, tokenizer=args.tokenizer, prompt_style=None if own else args.prompt_style,
+                   device=args.device)
+    if own:
+        llm.style = resolve_style(CHAT_TEMPLATE, llm.tokenizer)
+    return llm
 
 
 #: The split settings a run records in its ``data`` config, their defaults (the book's), and their flags.
@@ -91,9 +108,11 @@ def select_records(path: str, split: str, settings: dict) -> list[dict]:
 
 def run(args: argparse.Namespace) -> None:
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    llm = LLM.load(args.source, tokenizer=args.tokenizer, prompt_style=args.prompt_style, device=args.device)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    llm = load_llm(args)
     path = data_path(args, llm)
-    records = select_records(path, args.split, split_settings(args, llm))
+    records = select_records(path, args.split, split_settings(args, llm))[:args.limit]
     settings = GenerationSettings(model=args.source, prompt_style=llm.style.name, max_new_tokens=sampling.max_new_tokens,
                                   temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                                   seed=sampling.seed)
