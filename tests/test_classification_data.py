@@ -97,6 +97,20 @@ def test_no_padding_needs_batch_size_one(sms_path: Path):
     assert len(lengths) > 1 and all(dm.datasets["train"][i]["attention_mask"].all() for i in range(20))
 
 
+def test_batch_padding_pads_each_batch_to_its_own_longest_text(sms_path: Path):
+    dm = SMSSpamDataModule(path=str(sms_path), pad_to="batch", batch_size=8, max_length=1024)
+    dm.setup()
+    assert dm.pad_length is None
+    ds = dm.datasets["val"]
+    batch = next(iter(dm.val_dataloader()))
+    lengths = [len(ds.token_ids[i]) for i in range(8)]
+    assert batch["input_ids"].shape == (8, max(lengths)) and max(lengths) < 120
+    for row, length in enumerate(lengths):
+        assert batch["input_ids"][row, :length].tolist() == ds.token_ids[row]
+        assert batch["attention_mask"][row].sum() == length and (batch["input_ids"][row, length:] == 50256).all()
+    assert batch["labels"].tolist() == ds.labels[:8]
+
+
 @pytest.mark.parametrize("pad_to", ["sometimes", 0, True])
 def test_bad_pad_to_is_a_config_error(pad_to):
     with pytest.raises(ConfigError, match="pad_to"):

@@ -54,6 +54,13 @@ class ClassificationDataset(Dataset[dict[str, torch.Tensor]]):
         item["labels"] = torch.tensor(self.labels[index], dtype=torch.long)
         return item
 
+    def pad_batch(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Collate items of different lengths, right-padded to the batch's longest (``pad_to=batch``)."""
+        rows = [item["input_ids"][item["attention_mask"].bool()].tolist() for item in items]
+        batch = self.encoding.pad(rows)
+        batch["labels"] = torch.stack([item["labels"] for item in items])
+        return batch
+
 
 class TextClassificationDataModule(L.LightningDataModule):
     """Labelled texts from CSV/TSV/JSONL files, tokenized and padded for a GPT classifier.
@@ -75,7 +82,10 @@ class TextClassificationDataModule(L.LightningDataModule):
         max_length: truncate every text to this many tokens (normally the model's context length).
         pad_to: ``longest`` pads every split to the longest *training* example (longer val/test
             texts are truncated to it), as the book does; an integer pads to that length;
-            ``max_length`` pads to ``max_length``; ``none`` does not pad (needs ``batch_size=1``).
+            ``max_length`` pads to ``max_length``; ``batch`` pads each batch to its own longest text
+            (the least compute; pair it with ``token_position=flexible``, since the last position of
+            a short text is then padding of a length that varies by batch); ``none`` does not pad
+            (needs ``batch_size=1``).
         pad_token_id: the padding id (default the tokenizer's ``<|endoftext|>``, 50256 for GPT-2).
         batch_size, eval_batch_size: training batch size; evaluation (default: the same).
         drop_last: drop the last incomplete training batch (the book does).
@@ -267,9 +277,11 @@ class TextClassificationDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for dataloaders")
         if split not in self.datasets:
             raise ConfigError(f"there is no {split} split: give data.test_path, or use data.path with a ratio split")
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
+            collate_fn=dataset.pad_batch if self.pad_to == "batch" else None,
             shuffle=train and self.shuffle,
             drop_last=train and self.drop_last,
             **loader_options(self.trainer, self.num_workers),

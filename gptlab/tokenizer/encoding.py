@@ -12,7 +12,8 @@ from gptlab.errors import ConfigError
 from gptlab.tokenizer.bpe import Tokenizer
 from gptlab.tokenizer.load import get_tokenizer
 
-#: ``longest`` (the longest training text), ``max_length``, a length, or ``None`` (no padding).
+#: ``longest`` (the longest training text), ``max_length``, a length, ``batch`` (each batch to its
+#: own longest text), or ``None`` (no padding).
 PadTo = str | int | None
 
 
@@ -20,7 +21,7 @@ def check_pad_to(pad_to: PadTo, max_length: int | None) -> PadTo:
     """``pad_to`` validated and normalised (``"none"`` and ``"32"`` from a command line included)."""
     if pad_to is None or (isinstance(pad_to, str) and pad_to.lower() in ("none", "null")):
         return None
-    if pad_to in ("longest", "max_length"):
+    if pad_to in ("longest", "max_length", "batch"):
         if pad_to == "max_length" and max_length is None:
             raise ConfigError("data.pad_to=max_length needs data.max_length")
         return pad_to
@@ -32,7 +33,7 @@ def check_pad_to(pad_to: PadTo, max_length: int | None) -> PadTo:
                 f"data.pad_to={pad_to} exceeds data.max_length={max_length} (the model's context); pad to at most max_length"
             )
         return pad_to
-    raise ConfigError(f"data.pad_to={pad_to!r} is unknown; use longest, max_length, an integer or none")
+    raise ConfigError(f"data.pad_to={pad_to!r} is unknown; use longest, max_length, batch, an integer or none")
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,15 @@ class TextEncoding:
 
         ``longest`` pads every split to the longest training text (capped by ``max_length``; longer
         val/test texts are cut to it), as the book does; ``max_length`` pads to ``max_length``; an
-        integer pads to itself; ``None`` leaves each text at its own length.
+        integer pads to itself; ``batch`` and ``None`` leave each text at its own length (a batch is
+        then padded to its longest text when it is collated).
         """
         pad_to = check_pad_to(pad_to, max_length)
         if pad_to == "longest":
             longest = max(train_lengths)
             pad_length = min(longest, max_length) if max_length is not None else longest
         else:
-            pad_length = max_length if pad_to == "max_length" else pad_to  # type: ignore[assignment]
+            pad_length = {"max_length": max_length, "batch": None}.get(pad_to, pad_to)  # type: ignore[arg-type]
         return cls(tokenizer, max_length, pad_length, pad_token_id)
 
     @property
