@@ -9,6 +9,8 @@ The sources, and the module that reads each:
 * a gptlab export (``config.json`` with ``"format": "gptlab"``): ``native``;
 * a Hugging Face GPT-2 directory: ``hf``; a Llama or Qwen3 one: ``hf_llama``;
 * a run directory: its ``model/`` export, else ``checkpoints/last.ckpt``;
+* a PEFT LoRA adapter directory (``adapter_config.json``): its base model, as any source above,
+  with the adapter merged (``peft``);
 * a gptlab task checkpoint (``.ckpt``): ``task``;
 * the book's ``model.pth`` (a bare ``model.state_dict()`` or ``{"model_state_dict": ...}``), or
   any state dict file in gptlab's or GPT-2's names: ``state`` / ``hf``.
@@ -30,13 +32,21 @@ from gptlab.checkpoints.hf_llama import LLAMA_TYPES, load_llama_directory
 from gptlab.checkpoints.hf_names import load_hf_state
 from gptlab.checkpoints.hub import HUB_MODELS, download_gpt2
 from gptlab.checkpoints.native import FORMAT_MARKER, is_native_export, load_model
+from gptlab.checkpoints.peft import adapter_base, is_peft_adapter, load_peft_adapter
 from gptlab.checkpoints.state import config_from_dict, merge_config, merge_lora_weights, model_from_state_dict
 from gptlab.checkpoints.task import TaskCheckpoint, is_task_checkpoint, task_checkpoint_from
 from gptlab.errors import CheckpointError
 from gptlab.gguf_file import is_gguf_file
 from gptlab.model.config import GPTConfig
 from gptlab.model.gpt import GPT
-from gptlab.model.lora import LEGACY_SCALING, lora_scale
+from gptlab.model.lora import (
+    LEGACY_SCALING,
+    LORA_PARAM_SUFFIXES,
+    apply_lora,
+    load_lora_state_dict,
+    lora_scale,
+    merge_lora,
+)
 from gptlab.named_models import NAMED_MODELS, resolve_named_model
 from gptlab.runs import RunFiles
 
@@ -56,7 +66,8 @@ def load_pretrained(source: str | Path, config: GPTConfig | None = None) -> GPT:
     * a GGUF file (llama.cpp's ``llama`` or ``gpt2`` architecture, any type gguf dequantises);
     * a directory: a Hugging Face GPT-2, Llama or Qwen3 one (``config.json`` and
       ``model.safetensors`` or its shards), a gptlab export, or a run directory (its ``model/``
-      export, else ``checkpoints/last.ckpt``);
+      export, else ``checkpoints/last.ckpt``), or a PEFT LoRA adapter (``adapter_config.json``): its
+      ``base_model_name_or_path`` loaded as a source of this list, the adapter merged in;
     * a file: a gptlab task's ``.ckpt``, or a state dict (``.pth``/``.pt``/``.bin``/``.safetensors``)
       such as the book's ``model.pth``, which needs ``config`` since it carries no architecture.
 
@@ -94,16 +105,44 @@ def load_pretrained(source: str | Path, config: GPTConfig | None = None) -> GPT:
     return _load_directory(path, config) if path.is_dir() else _load_file(path, config)
 
 
-def model_from_task_checkpoint(checkpoint: TaskCheckpoint, config: GPTConfig | None = None) -> GPT:
-    """The ``GPT`` inside a task checkpoint, built from the model config the task recorded."""
+def model_from_task_checkpoint(checkpoint: TaskCheckpoint, config: GPTConfig | None = None,
+                               keep_lora: bool = False) -> GPT:
+    """The ``GPT`` inside a task checkpoint, built from the model config the task recorded.
+
+    A LoRA run's adapters are folded into the weights; with ``keep_lora`` they stay ``LoRALinear``
+    layers on the frozen base weights instead (what ``export_peft_adapter`` writes out).
+    """
     state, saved, source = checkpoint.model_state, checkpoint.model_config, str(checkpoint.path)
-    if any(key.endswith(".lora_A") for key in state):  # a LoRA run: its adapters folded into the weights
+    adapted = sorted(key.removesuffix(".lora_A") for key in state if key.endswith(".lora_A"))
+    adapters: dict[str, torch.Tensor] = {}
+    if adapted:  # a LoRA run
         lora = checkpoint.hparams.get("lora") or {}
         if lora.get("alpha") is None or lora.get("rank") is None:
             raise CheckpointError(f"{source} holds LoRA adapters but does not record lora.alpha and lora.rank; "
                                   "load it with its task")
-        scale = lora_scale(lora["alpha"], int(lora["rank"]), lora.get("scaling", LEGACY_SCALING))
-        state = merge_lora_weights(state, scale)
+        scaling = lora.get("scaling", LEGACY_SCALING)
+        if keep_lora:
+            adapters = {k: v for k, v in state.items() if k.endswith(LORA_PARAM_SUFFIXES)}
+            state = _base_weights(state)
+        else:
+            state = merge_lora_weights(state, lora_scale(lora["alpha"], int(lora["rank"]), scaling))
+    model = _task_model(state, saved, config, source)
+    if adapters:
+        apply_lora(model, int(lora["rank"]), lora["alpha"], float(lora.get("dropout") or 0.0), targets=adapted,
+                   exclude=(), scaling=scaling)
+        load_lora_state_dict(model, adapters)
+    return model
+
+
+def _base_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA run's frozen weights under their plain names (``X.base.weight`` as ``X.weight``), adapters left out."""
+    base = (".base.weight", ".base.bias")
+    return {(k.replace(".base.", ".") if k.endswith(base) else k): v for k, v in state.items()
+            if not k.endswith(LORA_PARAM_SUFFIXES)}
+
+
+def _task_model(state: dict[str, torch.Tensor], saved: dict[str, Any] | None, config: GPTConfig | None,
+                source: str) -> GPT:
     if saved is None:
         if config is None:
             raise CheckpointError(f"{source} does not record its model config; pass the config it was trained with")
@@ -122,6 +161,8 @@ def model_from_task_checkpoint(checkpoint: TaskCheckpoint, config: GPTConfig | N
 
 
 def _load_directory(path: Path, config: GPTConfig | None) -> GPT:
+    if is_peft_adapter(path):
+        return _load_adapter(path, config)
     if (path / CONFIG_FILE).is_file():
         saved = read_json(path / CONFIG_FILE)
         if saved.get("format") == FORMAT_MARKER:
@@ -144,6 +185,13 @@ def _load_directory(path: Path, config: GPTConfig | None) -> GPT:
         f"{path} holds no model: expected {CONFIG_FILE} (a gptlab export or a Hugging Face GPT-2, Llama "
         "or Qwen3 directory), or a run directory with model/ or checkpoints/last.ckpt"
     )
+
+
+def _load_adapter(path: Path, config: GPTConfig | None) -> GPT:
+    """A PEFT adapter's base model with the adapter merged: a plain model, every weight trainable."""
+    model = load_pretrained(adapter_base(path), config)
+    load_peft_adapter(model, path)
+    return merge_lora(model).requires_grad_(True).train()
 
 
 def _load_file(path: Path, config: GPTConfig | None) -> GPT:
