@@ -14,7 +14,8 @@ One object for every inference entry point (``gptlab-generate``, ``-chat``, ``-r
 * the weights (``gptlab.checkpoints.load_pretrained``);
 * the tokenizer: the caller's, else the source's own (a GGUF's vocabulary, a directory's or a
   run export's ``tokenizer.json``, the run's ``data.tokenizer``), else ``byte`` for a 257-token
-  vocabulary, else GPT-2's;
+  vocabulary, else GPT-2's; a PEFT adapter directory without a tokenizer of its own has its base
+  model's (and its base's prompt format, unless it records its own);
 * the prompt format (``gptlab.prompts.PromptStyle``): the caller's, else the one the run recorded
   (``prompt.json``), else the tokenizer's own chat template, else Alpaca;
 * the stop ids: the tokenizer's (a chat model's end-of-turn token and its EOS), else its end-of-text;
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 
 from gptlab.checkpoints import load_pretrained
+from gptlab.checkpoints.peft import adapter_base, is_peft_adapter
 from gptlab.errors import ConfigError
 from gptlab.generate import stream_tokens
 from gptlab.inference.streaming import StopStreamer, TextStreamer
@@ -89,20 +91,29 @@ class LLM:
              device: str = "auto", dtype: torch.dtype | None = None) -> LLM:
         """Open ``source``: a GPT-2 or named model, an HF directory, a gptlab export, a run, a ``.ckpt`` or a GGUF."""
         text = str(source)
-        local = resolve_named_model(text) if text in NAMED_MODELS else Path(text).expanduser()
+        local = _local_path(text)
         run = RunFiles.find(local)
         data = run.data_settings()
         model = load_pretrained(text).to(pick_device(device)).eval()
         if dtype is not None:
             model = model.to(dtype)
-        tok = get_tokenizer(tokenizer or _own_tokenizer(local, run, data, model.cfg.vocab_size))
+        # A PEFT adapter without a tokenizer of its own has its base model's; a prompt format it
+        # records (gptlab-export --to peft writes prompt.json) comes before the base's.
+        own, own_run, own_data, records = local, run, data, [run.prompt_record()]
+        if is_peft_adapter(local) and run.tokenizer_dir() is None:
+            own = _local_path(adapter_base(local))
+            own_run = RunFiles.find(own)
+            own_data = own_run.data_settings()
+            records.append(own_run.prompt_record())
+        tok = get_tokenizer(tokenizer or _own_tokenizer(own, own_run, own_data, model.cfg.vocab_size))
         if tok.vocab_size > model.cfg.vocab_size:
             raise ConfigError(
                 f"tokenizer {tok.name!r} has {tok.vocab_size} ids but the model's vocab_size is "
                 f"{model.cfg.vocab_size}; pick the tokenizer the model was trained with "
                 f"({', '.join(TOKENIZERS)}, a directory with a tokenizer.json, or a .gguf)"
             )
-        style = _prompt_style(prompt_style, run, tok, model.cfg.name)
+        record = next((r for r in records if r is not None), None)
+        style = _prompt_style(prompt_style, record, tok, model.cfg.name)
         stops = tuple(getattr(tok, "stop_ids", None) or (tok.eot_id,))
         return cls(model, tok, style, stops, text, data)
 
@@ -175,6 +186,11 @@ class LLM:
         return "".join(self.chat_stream(messages, Sampling(max_new_tokens, temperature, top_k, top_p, seed)))
 
 
+def _local_path(source: str) -> Path:
+    """Where a source's files are: a named model's GGUF file or Hub directory, else the path itself."""
+    return resolve_named_model(source) if source in NAMED_MODELS else Path(source).expanduser()
+
+
 def _own_tokenizer(local: Path, run: RunFiles, data: dict[str, Any], vocab_size: int) -> str:
     """The tokenizer that came with the model (see ``LLM``), as a ``get_tokenizer`` name; ``data``
     is the run's recorded data settings."""
@@ -189,11 +205,11 @@ def _own_tokenizer(local: Path, run: RunFiles, data: dict[str, Any], vocab_size:
     return ByteTokenizer.name if vocab_size == ByteTokenizer.vocab_size else "gpt2"
 
 
-def _prompt_style(name: str | None, run: RunFiles, tokenizer: Tokenizer, model_name: str) -> PromptStyle:
-    """The prompt format (see ``LLM``): asked for, recorded, the tokenizer's chat template, or Alpaca."""
+def _prompt_style(name: str | None, record: dict[str, Any] | None, tokenizer: Tokenizer,
+                  model_name: str) -> PromptStyle:
+    """The prompt format (see ``LLM``): asked for, recorded (``record``), the tokenizer's chat template, or Alpaca."""
     if name is not None:
         return get_style(name)
-    record = run.prompt_record()
     if record is not None:
         return style_from_record(record)
     template = getattr(tokenizer, "chat_template", None)
