@@ -20,7 +20,12 @@ from gptlab.checkpoints import (
     load_pretrained,
     save_model,
 )
-from gptlab.checkpoints.peft import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
+from gptlab.checkpoints.peft import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    adapter_base,
+    hub_name,
+)
 from gptlab.cli.export import main as export_main
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.inference import LLM
@@ -139,6 +144,16 @@ def test_load_pretrained_merges_an_adapter_onto_its_base(base, peft_adapter):
     merged = load_pretrained(directory)
     assert not lora_layers(merged) and all(p.requires_grad for p in merged.parameters())
     torch.testing.assert_close(gptlab_logits(merged), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_base_model_is_found_by_hub_repository_or_beside_the_adapter(exported: Path):
+    assert hub_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert adapter_base(edit_config(exported, base_model_name_or_path=hub_name("smollm2-135m-instruct"))) == (
+        "smollm2-135m-instruct")
+    (exported / "base").mkdir()
+    assert adapter_base(edit_config(exported, base_model_name_or_path="base")) == str(exported / "base")
+    with pytest.raises(CheckpointError, match="names no base_model_name_or_path"):
+        adapter_base(edit_config(exported, base_model_name_or_path=None))
 
 
 @pytest.mark.parametrize("scaling", ["alpha_over_rank", "alpha"])

@@ -250,6 +250,10 @@ def read_adapter_config(directory: str | Path) -> AdapterSettings:
 
 def _names_field(value: Any, path: Path, key: str) -> str | tuple[str, ...]:
     if isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise CheckpointError(f"{path}: {key} {value!r} is not a regular expression ({err})") from None
         return value
     listed = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
     if listed and (value or key != "target_modules"):  # no targets at all would adapt nothing
