@@ -220,8 +220,8 @@ def get_style(name: str | PromptStyle) -> PromptStyle:
     if isinstance(name, PromptStyle):
         return name
     if name == CHAT_TEMPLATE:
-        raise ConfigError(f"prompt style {CHAT_TEMPLATE!r} is a tokenizer's own template and needs that tokenizer "
-                          f"(gptlab.prompts.resolve_style); registered styles: {', '.join(PROMPT_STYLES)}")
+        raise ConfigError(f"prompt style {CHAT_TEMPLATE!r} is a tokenizer's own chat template, and no tokenizer was "
+                          f"given to read it from; registered styles: {', '.join(PROMPT_STYLES)}")
     if name not in PROMPT_STYLES:
         raise ConfigError(f"unknown prompt style {name!r}; registered styles: {', '.join(PROMPT_STYLES)} "
                           f"(or {CHAT_TEMPLATE}, the tokenizer's own)")
