@@ -46,6 +46,16 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory, smollm2: GGUFTokenizer) -> 
     return directory
 
 
+def tiny_export(directory: Path, tokenizer_dir: Path) -> Path:
+    """A random nano GPT over SmolLM2's vocabulary, exported with that tokenizer (and no prompt.json)."""
+    torch.manual_seed(0)
+    tokenizer = get_tokenizer(str(tokenizer_dir))
+    save_model(GPT(GPTConfig.from_dict({"preset": "nano", "vocab_size": tokenizer.vocab_size, "context_length": 256})),
+               directory)
+    tokenizer.save(directory)
+    return directory
+
+
 def user_text(record: dict) -> str:
     return record["instruction"] + (f"\n\n{record['input']}" if record["input"] else "")
 
@@ -124,10 +134,8 @@ def test_mask_prompt_is_one_override_on_the_smollm2_tokenizer(style: str, record
 def test_the_run_records_the_resolved_template_and_inference_reads_it_back(smollm2: GGUFTokenizer, hf_dir: Path,
                                                                          records_file: Path, tmp_path: Path):
     data = InstructionDataModule(path=str(records_file), tokenizer=str(hf_dir), prompt_style=CHAT_TEMPLATE)
-    run, export = tmp_path / "run", tmp_path / "run" / "model"
-    torch.manual_seed(0)
-    save_model(GPT(GPTConfig.from_dict({"preset": "nano", "vocab_size": smollm2.vocab_size})), export)
-    data.tokenizer.save(export)
+    run = tmp_path / "run"
+    export = tiny_export(run / "model", hf_dir)
     callback = RecordPromptStyle(str(run), str(export))
     trainer = SimpleNamespace(datamodule=data)
     callback.on_fit_start(trainer, None)
@@ -183,3 +191,42 @@ def test_preference_responses_are_the_templates_replies_ending_with_its_end_toke
             full = smollm2.encode(template.render(conversation(record, record[key]), add_generation_prompt=False))
             assert ids[:start + length].tolist() + smollm2.encode("\n") == full  # the reply and its <|im_end|>
             assert smollm2.decode(ids[mask].tolist()) == record[key] + IM_END
+
+
+def test_eval_perplexity_scores_a_model_in_its_own_template_and_in_alpaca(hf_dir: Path, records_file: Path,
+                                                                          tmp_path: Path, capsys):
+    from gptlab.cli.evaluate import main
+
+    export = tiny_export(tmp_path / "model", hf_dir)
+    tokenizer = get_tokenizer(str(hf_dir))
+    val = InstructionDataModule(path=str(records_file)).load_splits()["val"]
+    for name in (CHAT_TEMPLATE, "alpaca"):
+        assert main(["perplexity", str(export), "--data", str(records_file), "--split", "val", "--mask-prompt",
+                     "--prompt-style", name]) == 0
+        out = capsys.readouterr().out
+        style = resolve_style(name, tokenizer)
+        responses = sum(len(tokenizer.encode(style.prompt_and_response(r)[1])) + 1 for r in val)  # + <|im_end|>
+        assert f"over {responses} tokens" in out and f"({name}, responses only)" in out
+
+
+def test_respond_answers_the_first_records_in_the_tokenizers_template(hf_dir: Path, records_file: Path,
+                                                                      tmp_path: Path):
+    from gptlab.cli.respond import main
+
+    export = tiny_export(tmp_path / "model", hf_dir)
+    out = tmp_path / "responses.jsonl"
+    assert main([str(export), "--data", str(records_file), "--split", "test", "--limit", "1", "--out", str(out),
+                 "--prompt-style", CHAT_TEMPLATE, "--max-new-tokens", "3", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["generation"]["prompt_style"] == CHAT_TEMPLATE
+    assert rows[0]["instruction"] == InstructionDataModule(path=str(records_file)).load_splits()["test"][0]["instruction"]
+
+
+def test_chat_template_on_a_model_whose_tokenizer_has_none_is_one_line(tmp_path: Path, records_file: Path, capsys):
+    from gptlab.cli.evaluate import main
+
+    torch.manual_seed(0)
+    export = save_model(GPT(GPTConfig.from_dict({"preset": "nano"})), tmp_path / "gpt2-model")
+    assert main(["perplexity", str(export), "--data", str(records_file), "--prompt-style", CHAT_TEMPLATE]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "has none" in error and "alpaca" in error
