@@ -18,7 +18,7 @@ from gptlab.data.instruction import IGNORE_INDEX, InstructionDataModule, encode_
 from gptlab.errors import ConfigError
 from gptlab.inference import LLM
 from gptlab.model import GPT, GPTConfig
-from gptlab.prompts import CHAT_TEMPLATE, CHATML, PROMPT_STYLES, PromptStyle, resolve_style, style_from_record
+from gptlab.prompts import ALPACA, CHAT_TEMPLATE, CHATML, PROMPT_STYLES, PromptStyle, resolve_style, style_from_record
 from gptlab.runs import RunFiles
 from gptlab.tokenizer import GGUFTokenizer, get_tokenizer
 
@@ -149,6 +149,10 @@ def test_the_run_records_the_resolved_template_and_inference_reads_it_back(smoll
     assert data.end_id in llm.stop_ids  # generation stops at the token the responses were trained to end with
     record = data.load_splits()["val"][0]
     assert llm.style.prompt(record) == smollm2.chat_template.render(conversation(record))
+    # Asked for by name, the tokenizer's own template wins over the style the run recorded.
+    (export / "prompt.json").write_text(json.dumps(ALPACA.to_record()))
+    assert LLM.load(export, device="cpu").style == ALPACA
+    assert LLM.load(export, device="cpu", prompt_style=CHAT_TEMPLATE).style == data.style
 
 
 def test_a_template_that_is_a_registered_style_is_that_style(hf_dir: Path, tmp_path: Path):

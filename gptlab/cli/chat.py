@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from gptlab.cli import run_command
 from gptlab.cli.generate import add_sampling_arguments, emit, open_model, sampling_of
-from gptlab.prompts import PROMPT_STYLES
+from gptlab.cli.respond import add_prompt_style_argument
 
 PROG = "gptlab-chat"
 EXIT_WORDS = ("exit", "quit", ":q")
@@ -31,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Chat with an instruction-tuned GPT: one message per line on standard input.",
     )
     add_sampling_arguments(parser, max_new_tokens=256)
-    parser.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default=None,
-                        help="default: the style recorded with the model, else its chat template, else alpaca")
+    add_prompt_style_argument(parser)
     parser.add_argument("--system", default=None, help="a system message to open the conversation with")
     parser.add_argument("--history", action=argparse.BooleanOptionalAction, default=True,
                         help="keep earlier turns in the prompt (default: on); off answers each line alone")

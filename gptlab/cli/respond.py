@@ -21,7 +21,7 @@ from gptlab.data.records import INSTRUCTION_DATA_SHA256, INSTRUCTION_DATA_URL, r
 from gptlab.errors import ConfigError
 from gptlab.evaluation.responses import GenerationSettings, respond_to_records
 from gptlab.inference import LLM, Sampling
-from gptlab.prompts import CHAT_TEMPLATE, PROMPT_STYLES, resolve_style
+from gptlab.prompts import CHAT_TEMPLATE, PROMPT_STYLES
 from gptlab.tokenizer import TOKENIZERS
 
 PROG = "gptlab-respond"
@@ -60,12 +60,7 @@ def add_prompt_style_argument(parser: argparse.ArgumentParser) -> None:
 def load_llm(args: argparse.Namespace) -> LLM:
     """The model of ``args.source`` in ``--prompt-style``, where ``chat_template`` is its tokenizer's
     own template even when the run recorded another style."""
-    own = args.prompt_style == CHAT_TEMPLATE
-    llm = LLM.load(args.source, tokenizer=args.tokenizer, prompt_style=None if own else args.prompt_style,
-                   device=args.device)
-    if own:
-        llm.style = resolve_style(CHAT_TEMPLATE, llm.tokenizer)
-    return llm
+    return LLM.load(args.source, tokenizer=args.tokenizer, prompt_style=args.prompt_style, device=args.device)
 
 
 #: The split settings a run records in its ``data`` config, their defaults (the book's), and their flags.

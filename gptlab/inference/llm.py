@@ -38,7 +38,7 @@ from gptlab.generate import stream_tokens
 from gptlab.inference.streaming import StopStreamer, TextStreamer
 from gptlab.model.gpt import GPT
 from gptlab.named_models import NAMED_MODELS, resolve_named_model
-from gptlab.prompts import ALPACA, PromptStyle, get_style, style_from_record
+from gptlab.prompts import ALPACA, PromptStyle, resolve_style, style_from_record
 from gptlab.runs import RunFiles
 from gptlab.tokenizer import TOKENIZERS, ByteTokenizer, Tokenizer, get_tokenizer
 
@@ -209,7 +209,7 @@ def _prompt_style(name: str | None, record: dict[str, Any] | None, tokenizer: To
                   model_name: str) -> PromptStyle:
     """The prompt format (see ``LLM``): asked for, recorded (``record``), the tokenizer's chat template, or Alpaca."""
     if name is not None:
-        return get_style(name)
+        return resolve_style(name, tokenizer)  # ``chat_template``: the tokenizer's own, over a recorded style
     if record is not None:
         return style_from_record(record)
     template = getattr(tokenizer, "chat_template", None)
