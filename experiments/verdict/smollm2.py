@@ -22,7 +22,7 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.nn import functional as F
@@ -37,16 +37,16 @@ MODEL = "smollm2-135m-instruct"
 PROMPT = "Every effort moves you"
 
 
-def hf_perplexity(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
-    """Mean next-token loss of a ``transformers`` causal LM over the same batches (targets -100 skipped)."""
-    total, count = 0.0, 0
+def token_losses(logits_of: Callable[[torch.Tensor], torch.Tensor],
+                 batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Every scored token's next-token loss, in float64 so that two models' sums compare exactly."""
+    losses = []
     with torch.inference_mode():
         for inputs, targets in batches:
-            logits = model(input_ids=inputs).logits
-            total += float(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                                           ignore_index=-100, reduction="sum"))
-            count += int((targets != -100).sum())
-    return total / count, count
+            logits = logits_of(inputs).double()
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+            losses.append(loss[targets.flatten() != -100])
+    return torch.cat(losses)
 
 
 def corpus_val_ids(source: str, tokenizer: str, window: int) -> list[int]:
@@ -71,21 +71,25 @@ def perplexity(args: argparse.Namespace) -> None:
     for name, ids in texts.items():
         windows = list(token_windows(ids, args.window, args.batch_size))
         start = time.perf_counter()
-        ours = batches_perplexity(llm.model, windows)
+        ours = batches_perplexity(llm.model, windows)  # what gptlab-eval perplexity reports
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
-        theirs, count = hf_perplexity(reference, windows)
+        theirs = token_losses(lambda x: reference(input_ids=x).logits, windows)
         theirs_s = time.perf_counter() - start
-        assert count == ours.tokens
-        rows.append({"text": name, "tokens": count, "gptlab_loss": ours.loss, "gptlab_ppl": ours.perplexity,
-                     "transformers_loss": theirs, "transformers_ppl": math.exp(theirs),
+        ours64 = token_losses(llm.model, windows)
+        assert len(theirs) == len(ours64) == ours.tokens
+        rows.append({"text": name, "tokens": ours.tokens, "gptlab_loss": ours.loss, "gptlab_ppl": ours.perplexity,
+                     "transformers_loss": float(theirs.mean()), "transformers_ppl": math.exp(float(theirs.mean())),
+                     "mean_difference": float(ours64.mean() - theirs.mean()),
+                     "max_token_difference": float((ours64 - theirs).abs().max()),
                      "gptlab_s": ours_s, "transformers_s": theirs_s})
-    print(f"| text | tokens | gptlab loss (ppl) | transformers loss (ppl) | difference | time gptlab / transformers |")
-    print("|---|---|---|---|---|---|")
+    print("| text | tokens | gptlab loss (ppl) | transformers loss (ppl) | mean loss difference | "
+          "largest per-token difference | time gptlab / transformers |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['text']} | {r['tokens']:,} | {r['gptlab_loss']:.5f} ({r['gptlab_ppl']:.3f}) | "
-              f"{r['transformers_loss']:.5f} ({r['transformers_ppl']:.3f}) | "
-              f"{r['gptlab_loss'] - r['transformers_loss']:.1e} | {r['gptlab_s']:.1f} s / {r['transformers_s']:.1f} s |")
+              f"{r['transformers_loss']:.5f} ({r['transformers_ppl']:.3f}) | {r['mean_difference']:.1e} | "
+              f"{r['max_token_difference']:.1e} | {r['gptlab_s']:.1f} s / {r['transformers_s']:.1f} s |")
     print(json.dumps(rows))
 
 
