@@ -7,13 +7,17 @@ Each argument is a Hydra multirun directory (its numbered job directories are re
 run directory. A job contributes its command-line overrides (``.hydra/overrides.yaml``), its
 resolved config (``config.yaml``, written by ``gptlab-train``: it fills in the value of a setting
 that another job overrode) and its final metrics (``metrics.json``). Columns: the overrides whose
-values differ between jobs (those shared by every job are listed above the table), then train/val/test accuracy in percent, test F1 and the wall time
-from the config being written to the metrics being written.
+values differ between jobs (those shared by every job are listed above the table), then
+train/val/test accuracy in percent, test F1, training tokens/s (the mean of the per-step
+``perf/tokens_per_sec`` in ``metrics.csv``, first two logged steps left out), the training time per
+epoch those tokens/s give, and the wall time from the config being written to the metrics being
+written (training and every evaluation).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from dataclasses import dataclass, field
@@ -35,6 +39,8 @@ class Job:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] | None = None
     minutes: float | None = None
+    tokens_per_sec: float | None = None
+    epoch_minutes: float | None = None
 
 
 def _job_number(path: Path) -> tuple[int, str]:
@@ -71,7 +77,23 @@ def read_job(path: Path, label: str | None = None) -> Job:
         config_path = path / "config.yaml"
         if config_path.is_file():
             job.minutes = max(0.0, (metrics_path.stat().st_mtime - config_path.stat().st_mtime) / 60.0)
+    _read_throughput(job, path / "metrics.csv")
     return job
+
+
+def _read_throughput(job: Job, path: Path) -> None:
+    """Training tokens/s and minutes per epoch from the per-step log (see the module docstring)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    speeds = [float(r["perf/tokens_per_sec"]) for r in rows if r.get("perf/tokens_per_sec")][2:]
+    tokens = [float(r["tokens_seen"]) for r in rows if r.get("tokens_seen")]
+    epochs = {r["epoch"] for r in rows if r.get("epoch")}
+    if speeds:
+        job.tokens_per_sec = sum(speeds) / len(speeds)
+        if tokens and epochs:
+            job.epoch_minutes = max(tokens) / job.tokens_per_sec / 60.0 / len(epochs)
 
 
 def _lookup(config: dict[str, Any], dotted: str) -> str:
@@ -97,7 +119,7 @@ def markdown_table(jobs: list[Job]) -> str:
     varying = [k for k in keys if len(set(values[k])) > 1] if len(jobs) > 1 else keys
     common = [f"{k}={values[k][0]}" for k in keys if k not in varying]
 
-    header = ["job", *varying, *(title for _, title in METRICS), "Time (min)"]
+    header = ["job", *varying, *(title for _, title in METRICS), "Train tokens/s", "Train min/epoch", "Time (min)"]
     lines = []
     if common:
         lines.append("Shared overrides: `" + " ".join(common) + "`\n")
@@ -107,9 +129,11 @@ def markdown_table(jobs: list[Job]) -> str:
         row = [job.label]
         row += [values[k][number] for k in varying]
         if job.metrics is None:
-            row += ["failed or unfinished"] + [MISSING] * (len(METRICS) - 1) + [MISSING]
+            row += ["failed or unfinished"] + [MISSING] * (len(METRICS) - 1) + [MISSING] * 3
         else:
             row += [_percent(job.metrics.get(key)) for key, _ in METRICS]
+            row.append(MISSING if job.tokens_per_sec is None else f"{job.tokens_per_sec:,.0f}")
+            row.append(MISSING if job.epoch_minutes is None else f"{job.epoch_minutes:.2f}")
             row.append(MISSING if job.minutes is None else f"{job.minutes:.2f}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

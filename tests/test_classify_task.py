@@ -164,7 +164,7 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
     run = tmp_path / "run"
     # The real command: collect_results reads the overrides Hydra records in the run's .hydra/.
     result = train_command(run, "experiment=spam", "model=nano", "task.init=null", "trainer=debug",
-                           "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                           "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1",
                            f"data.path={shared_data / 'SMSSpamCollection'}", "print_config=false")
     metrics = json.loads((run / "metrics.json").read_text())
     # Accuracy and F1 of every tested split agree with its confusion matrix (torchmetrics computes
@@ -215,6 +215,8 @@ def test_train_then_classify_end_to_end(tmp_path: Path, shared_data: Path, capsy
     assert collect.main([str(run)]) == 0
     table = capsys.readouterr().out
     assert f"{100 * metrics['test/acc']:.2f}%" in table and "| experiment |" in table and "| spam |" in table
+    job = collect.read_job(run)
+    assert job.tokens_per_sec > 0 and job.epoch_minutes > 0 and f"{job.tokens_per_sec:,.0f}" in table
 
 
 def test_init_loads_the_base_model_before_the_head_is_replaced(tmp_path: Path):
