@@ -18,7 +18,8 @@ within an overall time budget (a section that would start past it is recorded as
 MFU is ``gptlab.model.flops.flops_per_token`` times tokens/s over the device's bf16 peak: the
 datasheet figure of Lightning's table where it knows the card, else a bf16 matmul measured here
 (the ``environment`` entry says which). Without CUDA (or with ``--dry-run``) it makes a dry pass:
-tiny shapes on the CPU, every section's code path in a minute, the same keys, ``"dry_run": true``.
+tiny shapes on the CPU, every section's code path in about two minutes of CPU time (most of it reading
+SmolLM2), the same keys, ``"dry_run": true``.
 
     bash experiments/gpu/check.sh                 # writes experiments/gpu/results.json
 """
