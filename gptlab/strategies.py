@@ -1,6 +1,6 @@
-"""Sharding and memory switches for the GPT: FSDP wrapping per transformer block, activation checkpointing.
+"""Sharding for the GPT: FSDP wrapping per transformer block.
 
-The unit of sharding, and of recomputation, is one ``TransformerBlock``: each block's parameters are
+The unit of sharding is one ``TransformerBlock``: each block's parameters are
 gathered just before it runs and freed after, so peak memory holds one block's full weights rather
 than the whole model's. Two sharded strategies are offered:
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from gptlab.model.gpt import TransformerBlock
 
-#: The modules FSDP wraps (and activation checkpointing recomputes) one at a time.
+#: The modules FSDP wraps one at a time (and FSDP1's own activation checkpointing recomputes).
 BLOCK_CLASSES: frozenset[type[nn.Module]] = frozenset({TransformerBlock})
 
 
@@ -90,38 +90,6 @@ class FullyShardStrategy(ModelParallelStrategy):
         inner = getattr(target, "_orig_mod", target)  # shard the model under torch.compile's wrapper
         shard_blocks(inner, self.device_mesh["data_parallel"], self.reshard_after_forward)
         super().setup(trainer)
-
-
-class ActivationCheckpointing(L.Callback):
-    """Recompute each transformer block's activations in the backward pass instead of storing them.
-
-    Trades about one extra forward pass for activation memory that no longer grows with depth.
-    Applied in ``setup``, before any strategy wraps the model; Lightning's FSDP preset has its own
-    switch (``trainer.strategy.activation_checkpointing``), so there this callback does nothing.
-    """
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self.enabled or isinstance(trainer.strategy, FSDPStrategy):
-            return
-        checkpoint_blocks(pl_module)
-
-
-def checkpoint_blocks(module: nn.Module) -> int:
-    """Wrap every not-yet-wrapped transformer block for recomputation; return how many were wrapped."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointWrapper,
-        apply_activation_checkpointing,
-    )
-
-    already = {id(m._checkpoint_wrapped_module) for m in module.modules() if isinstance(m, CheckpointWrapper)}
-    blocks = [m for m in module.modules() if isinstance(m, tuple(BLOCK_CLASSES)) and id(m) not in already]
-    if blocks:
-        targets = {id(m) for m in blocks}
-        apply_activation_checkpointing(module, check_fn=lambda m: id(m) in targets)
-    return len(blocks)
 
 
 def consolidate_checkpoint(directory: str | Path, output: str | Path | None = None) -> Path:

@@ -140,7 +140,7 @@ def assert_export_reloads_like_its_checkpoint(run_dir: Path) -> GPT:
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
     run_dir = tmp_path_factory.mktemp("llama") / "pretrain"
     result = train(run_dir, "trainer=debug", "data.batch_size=4", "trainer.enable_model_summary=true",
-                   "callbacks.activation_checkpointing.enabled=true", "callbacks.sample.max_new_tokens=8")
+                   "task.activation_checkpointing=true", "callbacks.sample.max_new_tokens=8")
     return run_dir, result
 
 
