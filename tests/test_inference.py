@@ -143,6 +143,9 @@ def test_respond_and_eval_split_as_the_run_recorded_unless_told_otherwise(run_di
     assert data_path(told, llm) == "other.json"
     outside = LLM.load(run_dir / "model")  # the export alone still belongs to its run
     assert outside.data == llm.data
+    # A DPO run records its split as shuffle_split / split_seed; its own `shuffle` reorders epochs.
+    llm.data = {"path": "pairs.json", "shuffle": True, "shuffle_split": False, "split_seed": 123}
+    assert split_settings(recorded, llm) == {"train_ratio": 0.85, "test_ratio": 0.1, "shuffle": False, "seed": 123}
 
 
 def test_a_chat_template_that_fails_to_render_is_one_line(tmp_path: Path, capsys, monkeypatch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gptlab.cli import run_command
 from gptlab.data.instruction import split_instruction_records
@@ -76,11 +77,20 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-seed", type=int, default=None, help="its seed (default: the run's data.seed, else 123)")
 
 
+#: A preference run records its split under other names: its own ``shuffle`` reorders each epoch.
+PREFERENCE_SPLIT_NAMES = {"shuffle": "shuffle_split", "seed": "split_seed"}
+
+
 def split_settings(args: argparse.Namespace, llm: LLM) -> dict:
     """The split options: the flags given, else the run's recorded ``data`` settings, else the book's."""
     given = {"train_ratio": args.train_ratio, "test_ratio": args.test_ratio, "shuffle": args.shuffle,
              "seed": args.split_seed}
-    return {key: given[key] if given[key] is not None else llm.data.get(key, default)
+
+    def recorded(key: str, default: Any) -> Any:
+        name = PREFERENCE_SPLIT_NAMES.get(key)
+        return llm.data[name] if name in llm.data else llm.data.get(key, default)
+
+    return {key: given[key] if given[key] is not None else recorded(key, default)
             for key, default in SPLIT_SETTINGS.items()}
 
 
