@@ -89,7 +89,7 @@ def _read_throughput(job: Job, path: Path) -> None:
         rows = list(csv.DictReader(file))
     speeds = [float(r["perf/tokens_per_sec"]) for r in rows if r.get("perf/tokens_per_sec")][2:]
     tokens = [float(r["tokens_seen"]) for r in rows if r.get("tokens_seen")]
-    epochs = {r["epoch"] for r in rows if r.get("epoch")}
+    epochs = {r["epoch"] for r in rows if r.get("epoch") and r.get("perf/tokens_per_sec")}  # training rows only
     if speeds:
         job.tokens_per_sec = sum(speeds) / len(speeds)
         if tokens and epochs:
