@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gptlab.callbacks.throughput import cpu_name
+
 FILE_BYTES = 8 << 20
 
 
@@ -103,14 +105,6 @@ def measure(method: str, corpus: Path, threads: int) -> dict[str, float | str | 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -202,12 +202,6 @@ def flops_per_token_of_smollm2(seq_len: int, mode: str, rank: int, alpha: float)
         return flops_per_token(model, seq_len, training=True)
 
 
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def table(results: list[dict[str, Any]], fpt: dict[str, int], peak: float) -> str:
@@ -255,7 +249,7 @@ def main() -> None:
     if unknown := (set(modes) - set(MODES)) | (set(impls) - set(IMPLEMENTATIONS)):
         raise SystemExit(f"unknown modes or implementations {sorted(unknown)}; choose from {MODES}, {IMPLEMENTATIONS}")
 
-    from gptlab.callbacks.throughput import measure_cpu_flops
+    from gptlab.callbacks.throughput import cpu_name, measure_cpu_flops
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from gptlab import GPT, generate
+from gptlab.callbacks.throughput import cpu_name
 from gptlab.tokenizer import get_tokenizer
 from gptlab.checkpoints import config_from_hf, from_hf_state_dict, model_from_state_dict
 from gptlab.evaluation.responses import left_pad
@@ -67,15 +67,6 @@ def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, out
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -26,13 +26,12 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
 from gptlab import GPT
-from gptlab.callbacks.throughput import measure_cpu_flops
+from gptlab.callbacks.throughput import cpu_name, measure_cpu_flops
 from gptlab.model import layers
 from gptlab.model.flops import flops_per_token
 from gptlab.checkpoints import config_from_hf, from_hf_state_dict, model_from_state_dict
@@ -98,12 +97,6 @@ class Trainer:
             return (time.perf_counter() - start) / steps
 
 
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 def main() -> None:

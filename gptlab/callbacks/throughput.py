@@ -50,14 +50,17 @@ def measure_cpu_flops(dtype: torch.dtype = torch.float32, size: int = 1024, seco
     return 2 * size**3 * runs / elapsed
 
 
-def _cpu_key(dtype: torch.dtype) -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows of it."""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
-    return f"{cpu}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
+        return platform.processor() or platform.machine()
+
+
+def _cpu_key(dtype: torch.dtype) -> str:
+    return f"{cpu_name()}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
 
 
 @functools.cache
