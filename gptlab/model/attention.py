@@ -34,6 +34,13 @@ class LayerKVCache:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
 
+    @classmethod
+    def of(cls, keys: torch.Tensor, values: torch.Tensor) -> LayerKVCache:
+        """A cache over existing tensors (e.g. some rows of a larger cache): writes go into them."""
+        cache = cls.__new__(cls)
+        cache.keys, cache.values = keys, values
+        return cache
+
     def update(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions ``[start, start + T)`` and return everything cached so far."""
         end = start + keys.shape[2]
@@ -57,6 +64,14 @@ class KVCache:
             LayerKVCache(batch_size, kv_heads, max_len, head_dim, torch.device(device), dtype)
             for _ in range(n_layers)
         ]
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Rows ``start:stop`` of this cache as a cache of their own, empty (``length`` 0) and
+        sharing memory: a prompt read into it is read into those rows (continuous batching)."""
+        view = KVCache.__new__(KVCache)
+        view.max_len, view.length = self.max_len, 0
+        view.layers = [LayerKVCache.of(layer.keys[start:stop], layer.values[start:stop]) for layer in self.layers]
+        return view
 
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -128,14 +143,20 @@ class MultiHeadAttention(nn.Module):
                     keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """One new token per row against a preallocated cache whose shapes never change.
 
-        Its key and value are written at cache position ``slot`` (a 1-element tensor) of ``keys`` /
-        ``values`` ``(B, kv_heads, S, head_dim)``, and it attends wherever ``visible`` ``(B, S)`` is
-        true: the same function as ``forward`` with a cache, but one ``torch.compile`` graph for
-        every step of a decode.
+        Its key and value are written at cache position ``slot`` of ``keys`` / ``values``
+        ``(B, kv_heads, S, head_dim)``: one position for every row (a 1-element tensor), or each
+        row's own (``(B,)``, rows whose sequences have different lengths). It attends wherever
+        ``visible`` ``(B, S)`` is true: the same function as ``forward`` with a cache, but one
+        ``torch.compile`` graph for every step of a decode.
         """
         q, k, v = self.project(x, rope)
-        keys.index_copy_(2, slot, k)
-        values.index_copy_(2, slot, v)
+        if slot.numel() == 1:
+            keys.index_copy_(2, slot, k)
+            values.index_copy_(2, slot, v)
+        else:
+            rows = torch.arange(keys.shape[0], device=keys.device)
+            keys[rows, :, slot] = k[:, :, 0]
+            values[rows, :, slot] = v[:, :, 0]
         context = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None, None, :],
                                                  enable_gqa=self.grouped)
         return self.merge_heads(context)

@@ -155,7 +155,8 @@ class GPT(nn.Module):
         """Next-token logits ``(B, vocab)`` of one new token per row, with shapes that never change.
 
         ``keys[i]`` / ``values[i]`` are layer ``i``'s preallocated cache ``(B, kv_heads, S, head_dim)``;
-        the token is written at position ``slot`` and attends wherever ``visible`` ``(B, S)`` is true.
+        the token is written at position ``slot`` (shared, or ``(B,)``: one per row) and attends
+        wherever ``visible`` ``(B, S)`` is true.
         This is ``forward`` for one token (in eval mode) with the cache's length fixed at ``S``, so
         ``torch.compile`` builds one graph for every step of a decode.
         """
