@@ -25,6 +25,8 @@ OPTIONAL = {
     "datasets": OptionalPackage("datasets", "the 'datasets' package", "hf"),
     "optuna": OptionalPackage("hydra_plugins.hydra_optuna_sweeper", "the Optuna sweeper", "sweep"),
     "submitit": OptionalPackage("hydra_plugins.hydra_submitit_launcher", "the submitit launcher", "slurm"),
+    "fastapi": OptionalPackage("fastapi", "FastAPI and uvicorn", "serve"),
+    "openai": OptionalPackage("openai", "the 'openai' client", "serve"),
 }
 
 

@@ -19,7 +19,7 @@ RANKS = {
     "prompts": 3, "model": 3, "sweeps": 3,
     "generate": 4, "checkpoints": 4,
     "data": 5, "tasks": 5, "evaluation": 5, "strategies": 5, "inference": 5,
-    "callbacks": 6,
+    "callbacks": 6, "serve": 6,
     "cli": 7,
 }
 
