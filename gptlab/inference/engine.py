@@ -28,6 +28,7 @@ token by its prefill (vLLM splits prefills into chunks to avoid that; this engin
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -61,8 +62,9 @@ class Request:
     """What to generate: a prompt's ids, how to sample, and where to stop.
 
     ``stop`` holds stop strings (the text before the first one is the answer); ``stop_at_eos``
-    also ends at the model's stop ids. ``text_context`` is text taken to precede the output when
-    looking for stop strings (``LLM.chat_stream``'s ``"\\n"``, so ``"\\n### "`` matches at once).
+    also ends at the model's stop ids. ``chat`` treats the stop strings as ``LLM.chat_stream``
+    does: the output is taken to follow a newline (so ``"\\n### "`` matches at once), and
+    whitespace before a stop string or at the end is dropped.
     """
 
     prompt_ids: tuple[int, ...]
@@ -70,7 +72,7 @@ class Request:
     stop: tuple[str, ...] = ()
     n: int = 1
     stop_at_eos: bool = True
-    text_context: str = ""
+    chat: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,8 +175,7 @@ class DecodeEngine:
         """Queue ``request``; its deltas go to ``on_delta``. Raises ``BadRequest`` (see ``check``)
         or ``EngineBusy``."""
         if not request.prompt_ids:
-            request = Request((self.llm.tokenizer.eot_id,), request.sampling, request.stop, request.n,
-                              request.stop_at_eos, request.text_context)
+            request = dataclasses.replace(request, prompt_ids=(self.llm.tokenizer.eot_id,))
         self.check(request)
         job = Job(request, on_delta, prompt_tokens=len(request.prompt_ids), unfinished=request.n)
         with self._wake:
@@ -250,9 +251,9 @@ class DecodeEngine:
         for index in range(request.n):
             sampling = request.sampling
             seed = None if sampling.seed is None else sampling.seed + index
-            stops = [*request.stop]
-            row = _Row(job, index, sampling, self.llm.generator(seed), TextStreamer(self.llm.tokenizer),
-                       StopStreamer(stops, context=request.text_context) if stops else None, length)
+            stops = (StopStreamer(request.stop, context="\n" if request.chat else "", trim=request.chat)
+                     if request.stop else None)
+            row = _Row(job, index, sampling, self.llm.generator(seed), TextStreamer(self.llm.tokenizer), stops, length)
             self.active.append(row)
             self._accept(len(self.active) - 1, self._sample(row, logits))
         self._flush_finished()

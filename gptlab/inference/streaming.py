@@ -41,17 +41,23 @@ class TextStreamer:
 class StopStreamer:
     """Passes text through until a stop string appears; what precedes it is all that is emitted.
 
-    Text that could be the beginning of a stop string, and trailing whitespace, is held back
-    until the next piece shows whether it belongs to the answer.
+    Text that could be the beginning of a stop string is held back until the next piece shows
+    whether it belongs to the answer. With ``trim`` (a chat reply), whitespace before the stop
+    string and at the end is dropped too, so it is held back as well; without it (the OpenAI
+    completions API) the text before the stop string is returned exactly.
     """
 
-    def __init__(self, stops: Sequence[str], context: str = "") -> None:
+    def __init__(self, stops: Sequence[str], context: str = "", trim: bool = True) -> None:
         """``context`` is text taken to precede the stream (never emitted), e.g. ``"\n"`` so that
         a stop string ``"\n###"`` also matches at the very start."""
         self.stops = [s for s in stops if s]
         self.buffer = context
         self.skip = len(context)
+        self.trim = trim
         self.stopped = False
+
+    def _trimmed(self, text: str) -> str:
+        return text.rstrip() if self.trim else text
 
     def _take(self, end: int) -> str:
         out, self.buffer = self.buffer[:end], self.buffer[end:]
@@ -66,7 +72,7 @@ class StopStreamer:
         cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
-            self.buffer = self.buffer[:cut].rstrip()
+            self.buffer = self._trimmed(self.buffer[:cut])
             return self._take(len(self.buffer))
         hold = 0
         for stop in self.stops:
@@ -75,10 +81,10 @@ class StopStreamer:
                     hold = max(hold, n)
                     break
         kept = self.buffer[: len(self.buffer) - hold]
-        return self._take(len(kept.rstrip()))
+        return self._take(len(self._trimmed(kept)))
 
     def flush(self) -> str:
         if self.stopped:
             return ""
-        self.buffer = self.buffer.rstrip()
+        self.buffer = self._trimmed(self.buffer)
         return self._take(len(self.buffer))

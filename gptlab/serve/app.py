@@ -102,8 +102,8 @@ class Submitted:
             self.job.cancel()
 
 
-def _engine_request(llm: LLM, body: CompletionRequest | ChatCompletionRequest, prompt_ids: list[int],
-                    budget: int | None, stops: tuple[str, ...], text_context: str, max_seq_len: int) -> EngineRequest:
+def _engine_request(body: CompletionRequest | ChatCompletionRequest, prompt_ids: list[int], budget: int | None,
+                    stops: tuple[str, ...], chat: bool, max_seq_len: int) -> EngineRequest:
     unsupported = body.unsupported()
     if unsupported is not None:
         raise APIError(400, f"{unsupported} is not supported by gptlab-serve", param=unsupported,
@@ -112,7 +112,7 @@ def _engine_request(llm: LLM, body: CompletionRequest | ChatCompletionRequest, p
         budget = max(max_seq_len - len(prompt_ids), 1)
     temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
     sampling = Sampling(budget, temperature, body.top_k, body.top_p, body.seed)
-    return EngineRequest(tuple(prompt_ids), sampling, stops, body.n, True, text_context)
+    return EngineRequest(tuple(prompt_ids), sampling, stops, body.n, stop_at_eos=True, chat=chat)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -195,7 +195,7 @@ def create_app(served: Served) -> FastAPI:
     async def completions(body: CompletionRequest, request: Request) -> Any:
         served.check_model(body.model)
         prompt_ids = _completion_prompt(llm, body.prompt)
-        submitted = Submitted(engine, _engine_request(llm, body, prompt_ids, body.max_tokens, body.stop_strings(), "",
+        submitted = Submitted(engine, _engine_request(body, prompt_ids, body.max_tokens, body.stop_strings(), False,
                                                       engine.max_seq_len))
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -219,7 +219,7 @@ def create_app(served: Served) -> FastAPI:
         served.check_model(body.model)
         prompt_ids = llm.tokenizer.encode(llm.style.render([m.as_dict() for m in body.messages]))
         stops = (llm.style.stop, *body.stop_strings())
-        submitted = Submitted(engine, _engine_request(llm, body, prompt_ids, body.token_budget(), stops, "\n",
+        submitted = Submitted(engine, _engine_request(body, prompt_ids, body.token_budget(), stops, True,
                                                       engine.max_seq_len))
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
