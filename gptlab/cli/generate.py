@@ -21,10 +21,12 @@ from gptlab.tokenizer import TOKENIZERS
 PROG = "gptlab-generate"
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    """The options ``gptlab-generate`` and ``gptlab-chat`` share."""
-    parser.add_argument("source", help="a model name (gpt2, gpt2-medium, ..., smollm2-135m-instruct), a model or run "
-                                       "directory, a checkpoint, or a .gguf file")
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int, source_required: bool = True) -> None:
+    """The options ``gptlab-generate`` and ``gptlab-chat`` share; ``source_required=False`` lets a
+    command take its text from elsewhere (``gptlab-chat --url``), so SOURCE may be left out."""
+    parser.add_argument("source", nargs=None if source_required else "?", default=None,
+                        help="a model name (gpt2, gpt2-medium, ..., smollm2-135m-instruct), a model or run "
+                             "directory, a checkpoint, or a .gguf file")
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding (default)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
