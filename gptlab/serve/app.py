@@ -62,7 +62,7 @@ class Served:
 class Submitted:
     """One job's deltas, delivered on the event loop; ``cancel`` on the way out frees its rows."""
 
-    def __init__(self, engine: DecodeEngine, request: EngineRequest) -> None:
+    def __init__(self, engine: DecodeEngine, request: EngineRequest, prompt_param: str) -> None:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Delta] = asyncio.Queue()
 
@@ -75,8 +75,9 @@ class Submitted:
         try:
             self.job = engine.submit(request, deliver)
         except BadRequest as err:
-            code = "context_length_exceeded" if err.param == "prompt" else "invalid_value"
-            raise APIError(400, str(err), param=err.param, code=code) from None
+            if err.param == "prompt":  # the request's prompt is ``prompt`` or ``messages``
+                raise APIError(400, str(err), param=prompt_param, code="context_length_exceeded") from None
+            raise APIError(400, str(err), param=err.param, code="invalid_value") from None
         except EngineBusy as err:
             raise APIError(503, f"the server is busy: {err}; retry shortly", type="server_error",
                            code="server_overloaded", retry_after=1) from None
@@ -196,7 +197,7 @@ def create_app(served: Served) -> FastAPI:
         served.check_model(body.model)
         prompt_ids = _completion_prompt(llm, body.prompt)
         submitted = Submitted(engine, _engine_request(body, prompt_ids, body.max_tokens, body.stop_strings(), False,
-                                                      engine.max_seq_len))
+                                                      engine.max_seq_len), "prompt")
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: Delta | None, opening: bool) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def create_app(served: Served) -> FastAPI:
         prompt_ids = llm.tokenizer.encode(llm.style.render([m.as_dict() for m in body.messages]))
         stops = (llm.style.stop, *body.stop_strings())
         submitted = Submitted(engine, _engine_request(body, prompt_ids, body.token_budget(), stops, True,
-                                                      engine.max_seq_len))
+                                                      engine.max_seq_len), "messages")
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: Delta | None, opening: bool) -> dict[str, Any]:

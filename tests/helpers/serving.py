@@ -48,9 +48,12 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(llm: LLM, model_id: str = "test-model", api_key: str | None = None, max_batch: int = 4,
-                max_queue: int = 8, max_seq_len: int | None = None) -> Iterator[LiveServer]:
-    """Serve ``llm`` until the block ends."""
-    engine = DecodeEngine(llm, max_batch, max_queue, max_seq_len).start()
+                max_queue: int = 8, max_seq_len: int | None = None, start_engine: bool = True) -> Iterator[LiveServer]:
+    """Serve ``llm`` until the block ends; ``start_engine=False`` leaves requests waiting until the
+    test calls ``engine.start()``."""
+    engine = DecodeEngine(llm, max_batch, max_queue, max_seq_len)
+    if start_engine:
+        engine.start()
     served = Served(llm, engine, model_id, api_key=api_key)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(served), host="127.0.0.1", port=port, log_level="warning"))
