@@ -215,6 +215,7 @@ class DecodeEngine:
                     while self.waiting and len(self.active) + sum(j.request.n for j in admitted) + \
                             self.waiting[0].request.n <= self.max_batch:
                         admitted.append(self.waiting.popleft())
+                        self._running.add(admitted[-1])  # in flight from here on, for ``in_flight``
                 try:
                     for job in admitted:
                         self._admit(job)
@@ -241,7 +242,6 @@ class DecodeEngine:
         """Read the job's prompt into the next free row, copy it for each further choice, and
         give every choice its first token."""
         request, first = job.request, len(self.active)
-        self._running.add(job)
         prompt = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.llm.device)
         logits = self.llm.model(prompt, kv_cache=self.cache.rows(first, first + 1))[:, -1]
         length = prompt.shape[1]

@@ -20,9 +20,8 @@ from importlib import resources
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import RequestValidationError, StarletteHTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
 
 from gptlab.inference import LLM, Sampling
 from gptlab.inference.engine import BadRequest, DecodeEngine, Delta, EngineBusy
@@ -166,8 +165,8 @@ def create_app(served: Served) -> FastAPI:
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         return await api_error(_, validation_error(list(err.errors())))
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
         return await api_error(_, APIError(err.status_code, str(err.detail), code=f"http_{err.status_code}"))
 
     async def authorize(request: Request) -> None:
