@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gptlab.evaluation.judge import JudgeClient, JudgeConfig, JudgeUnreachable, judge_prompt, parse_score
+from gptlab.evaluation.judge import (JUDGE_MAX_TOKENS, JudgeClient, JudgeConfig, JudgeUnreachable, judge_prompt,
+                                     parse_score)
 from gptlab.prompts import format_input
 
 RECORD = {"instruction": "Name the capital of France.", "input": "", "output": "Paris.", "model_response": "Paris"}
@@ -94,9 +95,11 @@ def test_a_bare_integer_is_the_score_and_the_request_is_deterministic(server, pr
         assert request["path"] == "/api/chat" and body["stream"] is False
         assert body["options"]["temperature"] == 0 and body["options"]["seed"] == 123
         assert body["options"]["num_ctx"] >= 4096
+        assert body["options"]["num_predict"] == JUDGE_MAX_TOKENS
     else:
         assert request["path"] == "/v1/chat/completions"
         assert body["temperature"] == 0 and body["seed"] == 123
+        assert body["max_tokens"] == JUDGE_MAX_TOKENS
 
 
 @pytest.mark.parametrize("protocol, base", [("ollama", ""), ("openai", "/v1")])

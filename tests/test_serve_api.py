@@ -9,6 +9,7 @@ server answers the next request.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -143,6 +144,26 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server: LiveServer)
     assert time.monotonic() - start < 5
     assert server.engine.steps - steps < 20  # far fewer than the 397 tokens the job had left
     assert httpx.get(f"{server.url}/health").json()["in_flight"] == 0
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_before_its_first_token_frees_its_slot(stream: bool) -> None:
+    """The request is sent and the socket closed while the job still waits for a row."""
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 60, "stream": stream}).encode()
+    with live_server(tiny_llm(), model_id="tiny", max_batch=1, start_engine=False) as live:
+        port = int(live.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            deadline = time.monotonic() + 10
+            while live.engine.in_flight == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert live.engine.in_flight == 1
+        time.sleep(0.5)  # the server sees the closed socket
+        live.engine.start()
+        live.wait_idle(timeout=10)
+        assert live.engine.in_flight == 0
+        assert live.engine.steps < 20  # the job had 59 more tokens to decode
 
 
 # -- bad input: every case gets its 4xx in OpenAI's shape, and the server carries on -------------

@@ -27,6 +27,7 @@ from test_inference import tiny
 from gptlab.checkpoints import save_model
 from gptlab.cli.chat import main as chat_main
 from gptlab.cli.evaluate import main as eval_main
+from gptlab.cli.serve import main as serve_main
 from gptlab.evaluation.judge import judge_prompt, parse_score
 from gptlab.inference import LLM
 
@@ -270,3 +271,13 @@ def test_serve_command_as_a_process(tmp_path: Path, monkeypatch, capsys):
     out, err = refused.communicate(timeout=90)
     assert refused.returncode == 2 and out == ""
     assert "max_batch must be >= 1" in one_error_line(err, "gptlab-serve")
+
+
+@pytest.mark.parametrize("limit, message", [(("--max-batch", "0"), "max_batch must be >= 1"),
+                                            (("--max-queue", "-1"), "max_queue >= 0"),
+                                            (("--max-seq-len", "0"), "max_seq_len must lie in 2..")])
+def test_bad_serving_limits_are_refused_before_the_model_loads(tmp_path: Path, capsys, limit, message):
+    missing = tmp_path / "no-such-model"  # loading it would fail with a different line
+    assert serve_main([str(missing), *limit]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and message in one_error_line(err, "gptlab-serve")

@@ -60,13 +60,16 @@ def run(args: argparse.Namespace) -> None:
     import uvicorn
 
     from gptlab.inference import LLM
-    from gptlab.inference.engine import DecodeEngine
+    from gptlab.inference.engine import DecodeEngine, check_limits
     from gptlab.serve.app import Served, create_app
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must lie in 0..65535, got {args.port}")
+    check_limits(args.max_batch, args.max_queue, args.max_seq_len)  # before minutes of loading
     llm = LLM.load(args.source, tokenizer=args.tokenizer, prompt_style=args.prompt_style, device=args.device)
-    max_seq_len = args.max_seq_len or min(llm.model.cfg.context_length, DEFAULT_MAX_SEQ_LEN)
+    max_seq_len = args.max_seq_len
+    if max_seq_len is None:
+        max_seq_len = min(llm.model.cfg.context_length, DEFAULT_MAX_SEQ_LEN)
     engine = DecodeEngine(llm, args.max_batch, args.max_queue, max_seq_len)
     model_id = args.model_name or args.source
     served = Served(llm, engine, model_id, aliases=frozenset({args.source}),

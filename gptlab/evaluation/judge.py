@@ -33,6 +33,9 @@ from gptlab.prompts import format_input
 PROTOCOLS = ("ollama", "openai")
 DEFAULT_URL = "http://localhost:11434"
 DEFAULT_MODEL = "llama3"
+#: Reply tokens a judge may write: the prompt asks for one integer, and the cap keeps a judge that
+#: explains itself from writing to the end of its context.
+JUDGE_MAX_TOKENS = 32
 _INTEGER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.]*\d)")
 _OUT_OF_100 = re.compile(r"\s*(?:/|out of)\s*100\b", re.IGNORECASE)
 
@@ -136,8 +139,10 @@ class JudgeClient:
             # over-estimates the need, so the window always holds the prompt plus a short reply.
             num_ctx = max(self.config.num_ctx, len(prompt) // 2 + 256)
             return {"model": self.config.model, "messages": messages, "stream": False,
-                    "options": {"temperature": 0, "seed": self.config.seed, "num_ctx": num_ctx}}
-        return {"model": self.config.model, "messages": messages, "temperature": 0, "seed": self.config.seed}
+                    "options": {"temperature": 0, "seed": self.config.seed, "num_ctx": num_ctx,
+                                "num_predict": JUDGE_MAX_TOKENS}}
+        return {"model": self.config.model, "messages": messages, "temperature": 0, "seed": self.config.seed,
+                "max_tokens": JUDGE_MAX_TOKENS}
 
     def chat(self, prompt: str) -> str:
         """One request; the reply's text. Raises ``_Retry`` or ``JudgeUnreachable``."""

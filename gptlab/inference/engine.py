@@ -121,6 +121,17 @@ class _Row:
     pending: list[str] = field(default_factory=list)
 
 
+def check_limits(max_batch: int, max_queue: int, max_seq_len: int | None, context: int | None = None) -> None:
+    """Raise ``ConfigError`` for limits no engine can run with; ``context`` (the model's, once
+    known) also caps ``max_seq_len``. Callers check before loading a model, the engine after."""
+    if max_batch < 1 or max_queue < 0:
+        raise ConfigError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+    too_long = context is not None and max_seq_len is not None and max_seq_len > context
+    if max_seq_len is not None and (max_seq_len < 2 or too_long):
+        upper = context if context is not None else "the model's context_length"
+        raise ConfigError(f"max_seq_len must lie in 2..{upper} (the model's context_length), got {max_seq_len}")
+
+
 class DecodeEngine:
     """Continuous batching over ``llm`` (see the module's docstring) on a background thread.
 
@@ -131,10 +142,7 @@ class DecodeEngine:
 
     def __init__(self, llm: LLM, max_batch: int = 8, max_queue: int = 64, max_seq_len: int | None = None) -> None:
         context = llm.model.cfg.context_length
-        if max_batch < 1 or max_queue < 0:
-            raise ConfigError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
-        if max_seq_len is not None and not 2 <= max_seq_len <= context:
-            raise ConfigError(f"max_seq_len must lie in 2..{context} (the model's context_length), got {max_seq_len}")
+        check_limits(max_batch, max_queue, max_seq_len, context)
         self.llm = llm
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_seq_len = max_seq_len or context

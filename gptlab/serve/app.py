@@ -146,9 +146,20 @@ async def _stream(submitted: Submitted, chunk: Callable[[Delta | None, bool], di
     yield _sse("[DONE]")
 
 
-def _streaming(frames: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(frames, media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+class _JobStream(StreamingResponse):
+    """An SSE response that cancels its job however the response ends: finished, failed, or cut off
+    by a client that left before the frames' generator ever ran (whose own ``finally`` then never runs)."""
+
+    def __init__(self, submitted: Submitted, frames: AsyncIterator[str]) -> None:
+        super().__init__(frames, media_type="text/event-stream",
+                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        self.job = submitted.job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
 
 
 def create_app(served: Served) -> FastAPI:
@@ -207,7 +218,7 @@ def create_app(served: Served) -> FastAPI:
 
         if body.stream:
             include = body.stream_options is not None and body.stream_options.include_usage
-            return _streaming(_stream(submitted, chunk, include))
+            return _JobStream(submitted, _stream(submitted, chunk, include))
         texts, finish, counts = await _collect(submitted, request)
         return {"id": ident, "object": "text_completion", "created": created, "model": served.model_id,
                 "choices": [{"index": i, "text": texts[i], "logprobs": None, "finish_reason": finish[i]}
@@ -235,7 +246,7 @@ def create_app(served: Served) -> FastAPI:
 
         if body.stream:
             include = body.stream_options is not None and body.stream_options.include_usage
-            return _streaming(_stream(submitted, chunk, include))
+            return _JobStream(submitted, _stream(submitted, chunk, include))
         texts, finish, counts = await _collect(submitted, request)
         return {"id": ident, "object": "chat.completion", "created": created, "model": served.model_id,
                 "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
