@@ -1,0 +1,57 @@
+"""``experiments/serve/load.py`` measures what it says, on a short load against a real server process.
+
+No timing is asserted: the benchmark's numbers are recorded in ``experiments/serve/README.md``.
+What is checked is that the counts and percentiles come out right and that clients that leave
+mid-stream free their rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "serve" / "load.py"
+
+
+@pytest.fixture(scope="module")
+def load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("serve_load", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["serve_load"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_percentiles_are_numpys(load: ModuleType) -> None:
+    rng = random.Random(0)
+    for size in (1, 2, 7, 100):
+        values = [rng.expovariate(1.0) for _ in range(size)]
+        for q in (50, 95):
+            assert load.percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12)
+
+
+def test_a_short_load_counts_every_token_and_leaves_no_job_behind(load: ModuleType, tmp_path: Path) -> None:
+    source = load.random_model(tmp_path / "nano", preset="nano", context_length=128)
+    max_tokens, clients = 8, 4
+    result = load.run_load(str(source), "nano", max_batch=clients, clients=clients, duration_s=3.0,
+                           max_tokens=max_tokens, max_seq_len=128, extra=("--tokenizer", "gpt2"),
+                           disconnect_tokens=60)
+    assert result.errors == []
+    assert result.requests >= clients
+    # A random model rarely ends its reply before max_tokens; no reply is longer.
+    assert result.requests <= result.completion_tokens <= result.requests * max_tokens
+    assert result.ttft_p50_s <= result.ttft_p95_s <= result.latency_p95_s
+    assert result.latency_p50_s <= result.latency_p95_s
+    assert result.tokens_per_s == pytest.approx(result.completion_tokens / result.wall_s)
+    assert 1.0 < result.rows_per_step <= clients  # concurrent requests shared decode steps
+    leave = result.disconnect
+    assert leave["in_flight_after"] == 0
+    assert leave["decode_steps_to_idle"] < 60 - 3  # the streams were cancelled, not run to their end
