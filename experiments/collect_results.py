@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Summarise classification runs as a markdown table, one row per job.
+"""Summarise runs (classification, language modelling) as a markdown table, one row per job.
 
     python experiments/collect_results.py multirun/2025-01-01/12-00-00 [MORE_DIRS...]
 
@@ -8,9 +8,9 @@ run directory. A job contributes its command-line overrides (``.hydra/overrides.
 resolved config (``config.yaml``, written by ``gptlab-train``: it fills in the value of a setting
 that another job overrode) and its final metrics (``metrics.json``). Columns: the overrides whose
 values differ between jobs (those shared by every job are listed above the table), then
-train/val/test accuracy in percent, test F1, training tokens/s (the mean of the per-step
-``perf/tokens_per_sec`` in ``metrics.csv``, first two logged steps left out), the training time per
-epoch those tokens/s give, and the wall time from the config being written to the metrics being
+the final metrics some job has (train/val/test accuracy in percent, test F1, validation loss,
+validation bits per byte), training tokens/s (the mean of the per-step ``perf/tokens_per_sec`` in
+``metrics.csv``, first two logged steps left out), the training time per epoch those tokens/s give, and the wall time from the config being written to the metrics being
 written (training and every evaluation).
 """
 
@@ -26,9 +26,21 @@ from typing import Any
 
 import yaml
 
-METRICS = (("train/acc", "Training acc"), ("val/acc", "Validation acc"), ("test/acc", "Test acc"),
-           ("test/f1", "Test F1"))
 MISSING = "–"
+
+
+def _percent(value: float | None) -> str:
+    return MISSING if value is None else f"{100.0 * value:.2f}%"
+
+
+def _number(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.3f}"
+
+
+#: Final metrics and how each is shown; a column appears when some job has its metric.
+METRICS = (("train/acc", "Training acc", _percent), ("val/acc", "Validation acc", _percent),
+           ("test/acc", "Test acc", _percent), ("test/f1", "Test F1", _percent),
+           ("val/loss", "Val loss", _number), ("val/bpb", "Val bits/byte", _number))
 
 
 @dataclass
@@ -106,10 +118,6 @@ def _lookup(config: dict[str, Any], dotted: str) -> str:
     return "null" if node is None else str(node)
 
 
-def _percent(value: float | None) -> str:
-    return MISSING if value is None else f"{100.0 * value:.2f}%"
-
-
 def markdown_table(jobs: list[Job]) -> str:
     """The table, preceded by the overrides every job shares."""
     keys: list[str] = []
@@ -119,7 +127,8 @@ def markdown_table(jobs: list[Job]) -> str:
     varying = [k for k in keys if len(set(values[k])) > 1] if len(jobs) > 1 else keys
     common = [f"{k}={values[k][0]}" for k in keys if k not in varying]
 
-    header = ["job", *varying, *(title for _, title in METRICS), "Train tokens/s", "Train min/epoch", "Time (min)"]
+    shown = [m for m in METRICS if any(job.metrics and m[0] in job.metrics for job in jobs)]
+    header = ["job", *varying, *(title for _, title, _ in shown), "Train tokens/s", "Train min/epoch", "Time (min)"]
     lines = []
     if common:
         lines.append("Shared overrides: `" + " ".join(common) + "`\n")
@@ -129,9 +138,9 @@ def markdown_table(jobs: list[Job]) -> str:
         row = [job.label]
         row += [values[k][number] for k in varying]
         if job.metrics is None:
-            row += ["failed or unfinished"] + [MISSING] * (len(METRICS) - 1) + [MISSING] * 3
+            row += ["failed or unfinished"] + [MISSING] * (len(shown) + 2)
         else:
-            row += [_percent(job.metrics.get(key)) for key, _ in METRICS]
+            row += [show(job.metrics.get(key)) for key, _, show in shown]
             row.append(MISSING if job.tokens_per_sec is None else f"{job.tokens_per_sec:,.0f}")
             row.append(MISSING if job.epoch_minutes is None else f"{job.epoch_minutes:.2f}")
             row.append(MISSING if job.minutes is None else f"{job.minutes:.2f}")

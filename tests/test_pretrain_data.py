@@ -214,6 +214,17 @@ def test_split_and_loaders(verdict_path: Path):
     assert sum(x.shape[0] for x, _ in val) == len(dm.val_dataset)
 
 
+def test_validation_bytes_per_token_are_those_of_the_split_text(verdict_path: Path, tmp_path: Path):
+    dm = _module(verdict_path, max_length=16, train_ratio=0.8)
+    encoding = get_tokenizer("gpt2")
+    ids = encoding.encode(verdict_path.read_text(encoding="utf-8"))
+    val = ids[int(0.8 * len(ids)):]
+    assert dm.val_bytes_per_token == len(encoding.decode(val).encode("utf-8")) / len(val)
+    # A byte per token, once the separator between documents counts no bytes.
+    docs = _text_file(tmp_path, "caf\u00e9 \u00fcber na\u00efve r\u00e9sum\u00e9 " * 40)
+    assert _module(docs, max_length=16, tokenizer="byte").val_bytes_per_token == 1.0
+
+
 def test_workers_are_persistent(verdict_path: Path):
     dm = _module(verdict_path, num_workers=1)
     assert dm.train_dataloader().persistent_workers and dm.val_dataloader().num_workers == 1

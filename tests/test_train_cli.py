@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import load_file
 
 from gptlab.cli import train as train_cli
+from gptlab.data import PretrainDataModule
 from gptlab.errors import ConfigError
 
 FAST = ["model=nano", "trainer=debug", "data.batch_size=4", "print_config=false"]
@@ -159,12 +161,25 @@ def test_run_prints_samples_of_the_data_prompt_and_a_closing_summary(finished):
     tail = result.stdout.rstrip().splitlines()[-4:]
     assert tail[0] == f"Run finished: {run_dir}"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert f"final val/loss {metrics['val/loss']:.3f}, perplexity {metrics['val/ppl']:,.1f} at step 4" in tail[1]
+    assert (f"final val/loss {metrics['val/loss']:.3f}, perplexity {metrics['val/ppl']:,.1f}, "
+            f"{metrics['val/bpb']:.3f} bits per byte at step 4") in tail[1]
     assert f"{4 * 4 * 64:,} training tokens" in tail[2] and "tokens/s (training steps alone:" in tail[2]
     mfu = float(tail[2].split("MFU ", 1)[1].split("%", 1)[0])
     assert 0 < mfu < 100 and "GFLOP/s" in tail[2]
     assert tail[3] == (f"  try it: gptlab-generate {run_dir} --prompt 'The with statement' --max-new-tokens 50 "
                        "--temperature 0.8 --top-k 40 --seed 123")
+
+
+@pytest.mark.slow
+def test_bits_per_byte_are_the_loss_in_bits_over_the_validation_bytes(finished_run: Path):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    data = yaml.safe_load((finished_run / "config.yaml").read_text())["data"]
+    validation = PretrainDataModule(source=data["source"], tokenizer=data["tokenizer"], train_ratio=data["train_ratio"],
+                                    max_length=data["max_length"])
+    validation.setup("fit")
+    bytes_per_token = validation.val_bytes_per_token
+    assert 1.5 < bytes_per_token < 5  # GPT-2 tokens of English prose and code
+    assert metrics["val/bpb"] == pytest.approx(metrics["val/loss"] / math.log(2) / bytes_per_token, rel=1e-5)
 
 
 def test_help_lists_groups_overrides_and_where_runs_go(monkeypatch: pytest.MonkeyPatch, capsys):

@@ -52,7 +52,9 @@ class RunSummary(L.Callback):
             # Only a next-token loss has a perplexity (a DPO loss of log 2 is not one of 2).
             ppl_metric = trainer.callback_metrics.get("val/ppl")
             ppl_text = f", perplexity {float(ppl_metric):,.1f}" if ppl_metric is not None else ""
-            self.lines.append(f"  final {self.val_key} {loss:.3f}{ppl_text} at step {trainer.global_step}")
+            bpb_metric = trainer.callback_metrics.get("val/bpb")
+            bpb_text = f", {float(bpb_metric):.3f} bits per byte" if bpb_metric is not None else ""
+            self.lines.append(f"  final {self.val_key} {loss:.3f}{ppl_text}{bpb_text} at step {trainer.global_step}")
         if self._start is not None:
             seconds = time.perf_counter() - self._start[0]
             tokens = _tokens_seen(pl_module) - self._start[1]

@@ -16,7 +16,7 @@ from gptlab.data.loaders import stateful_loader
 from gptlab.data.sources import TextSource, local_text_source, read_text_source
 from gptlab.data.token_cache import build_token_cache, open_tokens, read_token_meta
 from gptlab.errors import DataError
-from gptlab.tokenizer import Tokenizer, get_tokenizer
+from gptlab.tokenizer import END_OF_TEXT, Tokenizer, get_tokenizer
 
 
 class SlidingWindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -58,12 +58,23 @@ class SlidingWindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.__dict__.update(state)
 
 
+def text_bytes(tokenizer: Tokenizer, tokens: np.ndarray, chunk: int = 1 << 20) -> int:
+    """UTF-8 bytes of the text ``tokens`` stand for, decoded a chunk at a time so a long split is
+    never one string. The ``<|endoftext|>`` between documents is a separator, not text: it counts
+    no bytes. A chunk boundary inside a multi-byte character costs a replacement character (a
+    byte or two of error, on a split of millions)."""
+    return sum(len(tokenizer.decode(tokens[start:start + chunk].tolist()).replace(END_OF_TEXT, "").encode("utf-8"))
+               for start in range(0, len(tokens), chunk))
+
+
 class PretrainDataModule(L.LightningDataModule):
     """Windows of a text corpus for next-token prediction, split into training and validation.
 
     The corpus (``source``, or a local ``path`` that overrides it) is downloaded and tokenized once
     into a cache in ``prepare_data``; ``setup`` memory-maps it and cuts it at
     ``int(train_ratio * num_tokens)``: the first part trains, the rest validates, as in chapter 5.
+    ``val_bytes_per_token`` is the validation text's UTF-8 bytes per token, which turns a loss per
+    token into bits per byte (``val/bpb``).
     """
 
     def __init__(
@@ -116,6 +127,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.num_tokens = 0
         self.train_dataset: SlidingWindowDataset | None = None
         self.val_dataset: SlidingWindowDataset | None = None
+        self.val_bytes_per_token: float | None = None
 
     def text_source(self) -> TextSource:
         """The corpus: ``path`` when set (a local file, directory or glob), else ``source``."""
@@ -155,9 +167,9 @@ class PretrainDataModule(L.LightningDataModule):
                     f"use a longer corpus, a smaller data.max_length or {fix} (data.train_ratio)"
                 )
         self.train_dataset = SlidingWindowDataset(open_tokens(self.tokens_path, 0, split), self.max_length, self.stride)
-        self.val_dataset = SlidingWindowDataset(
-            open_tokens(self.tokens_path, split, self.num_tokens), self.max_length, self.stride
-        )
+        val_tokens = open_tokens(self.tokens_path, split, self.num_tokens)
+        self.val_dataset = SlidingWindowDataset(val_tokens, self.max_length, self.stride)
+        self.val_bytes_per_token = text_bytes(self.tokenizer, val_tokens) / len(val_tokens)
         if self.drop_last and len(self.train_dataset) < self.batch_size:
             raise DataError(
                 f"training split gives {len(self.train_dataset)} windows, fewer than one batch of "

@@ -3,6 +3,7 @@ appendix D) and, with prompt tokens masked out of the targets, instruction tunin
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,13 +26,25 @@ class CausalLMTask(GPTTask):
 
     Batches are ``(inputs, targets)`` pairs of ``(batch, length)`` ids, the targets being the
     inputs shifted by one; targets of ``-100`` (padding, or an instruction's prompt) are not
-    scored. Logs ``train/loss``, ``val/loss``, ``val/ppl`` and ``tokens_seen``.
+    scored. Logs ``train/loss``, ``val/loss``, ``val/ppl`` and ``tokens_seen``, and ``val/bpb``
+    when the data knows its validation text's bytes per token (``val_bytes_per_token``).
+
+    ``val/bpb``, bits per byte, is the loss in bits spread over the bytes of text the tokens stand
+    for: ``val/loss / ln 2 / bytes per token``. Unlike a loss per token, it compares runs whose
+    tokenizers cut the same text into different numbers of tokens.
     """
 
     def __init__(self, model: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.val_loss = MeanMetric()
+        self.val_bpb = MeanMetric()
         self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
+        self.val_bytes_per_token: float | None = None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.val_bytes_per_token = getattr(datamodule, "val_bytes_per_token", None)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
@@ -45,10 +58,14 @@ class CausalLMTask(GPTTask):
         logits = self(inputs)
         loss = next_token_loss(logits, targets)
         # Weight by tokens so the epoch value is the loss over all validation tokens.
-        self.val_loss.update(loss, weight=(targets != IGNORE_INDEX).sum())
+        scored = (targets != IGNORE_INDEX).sum()
+        self.val_loss.update(loss, weight=scored)
         self.val_ppl.update(logits.float(), targets)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/ppl", self.val_ppl, on_step=False, on_epoch=True)
+        if self.val_bytes_per_token:
+            self.val_bpb.update(loss / math.log(2) / self.val_bytes_per_token, weight=scored)
+            self.log("val/bpb", self.val_bpb, on_step=False, on_epoch=True, prog_bar=True)
 
 
 #: The name under which the causal-LM task first shipped.
