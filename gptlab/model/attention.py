@@ -7,6 +7,9 @@ Two interchangeable backends compute the same function:
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, which dispatches to fused
   (flash / memory-efficient) kernels where the hardware has them.
 
+A ``Trace`` handed to ``forward`` takes the explicit path whatever the backend, and records the
+weights it used (``gptlab.model.trace``).
+
 The Llama-style options are constructor arguments: ``num_kv_heads`` below ``num_heads`` shares
 each key/value head among a group of query heads (grouped-query attention: a smaller KV cache,
 which stores only the key/value heads), ``qk_norm`` normalises queries and keys per head, and
@@ -23,6 +26,7 @@ from torch.nn import functional as F
 
 from gptlab.model.layers import RMSNorm
 from gptlab.model.rope import apply_rope
+from gptlab.model.trace import Trace
 
 
 class LayerKVCache:
@@ -77,6 +81,12 @@ class KVCache:
 Rope = tuple[torch.Tensor, torch.Tensor]
 
 
+def kv_head_of(query_head: int, n_heads: int, n_kv_heads: int) -> int:
+    """The key/value head that query head ``query_head`` reads: consecutive query heads share one
+    (the order ``MultiHeadAttention._repeat_kv`` expands them in)."""
+    return query_head // (n_heads // n_kv_heads)
+
+
 class MultiHeadAttention(nn.Module):
     """Causal self-attention over ``num_heads`` heads of size ``head_dim`` (``d_out // num_heads``).
 
@@ -128,13 +138,19 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(context.transpose(1, 2).reshape(b, num_tokens, self.d_out))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: LayerKVCache | None = None, cache_start: int = 0, rope: Rope | None = None) -> torch.Tensor:
+                cache: LayerKVCache | None = None, cache_start: int = 0, rope: Rope | None = None,
+                trace: Trace | None = None) -> torch.Tensor:
+        """``trace``, when given, receives this layer's attention weights, and the explicit path
+        computes the output from exactly those weights (``gptlab.model.trace``)."""
         queries, keys, values = self.project(x, rope)
         if cache is not None:
             keys, values = cache.update(cache_start, keys, values)
 
-        if self.backend == "manual":
-            context = self._manual_attention(queries, keys, values, attn_mask)
+        if self.backend == "manual" or trace is not None:
+            attn_weights = self.attention_weights(queries, keys, attn_mask)
+            if trace is not None:
+                trace.attention.append(attn_weights)
+            context = self.dropout(attn_weights) @ self._repeat_kv(values)
         else:
             context = self._sdpa_attention(queries, keys, values, attn_mask, cached=cache is not None)
         return self.merge_heads(context)
@@ -181,19 +197,21 @@ class MultiHeadAttention(nn.Module):
         groups = self.num_heads // self.num_kv_heads
         return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
-    def _manual_attention(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                          attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def attention_weights(self, queries: torch.Tensor, keys: torch.Tensor,
+                          attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The book's ``softmax(QK^T / sqrt(head_dim))`` under the causal (or given) mask, before dropout.
+
+        ``(B, heads, T, S)``: one row per query and query head, summing to 1. The ``manual``
+        backend and a ``Trace`` both use it; SDPA computes the same function without keeping it.
+        """
         num_queries, num_keys = queries.shape[2], keys.shape[2]
-        keys, values = self._repeat_kv(keys), self._repeat_kv(values)
-        attn_scores = queries @ keys.transpose(2, 3)
+        attn_scores = queries @ self._repeat_kv(keys).transpose(2, 3)
         if attn_mask is None:
             # Query i sits at absolute position (num_keys - num_queries + i).
             attn_scores = attn_scores.masked_fill(self.future_mask(num_queries, num_keys, queries.device), -torch.inf)
         else:
             attn_scores = attn_scores.masked_fill(~attn_mask, -torch.inf)
-        attn_weights = torch.softmax(attn_scores / math.sqrt(self.head_dim), dim=-1)
-        attn_weights = self.dropout(attn_weights)
-        return attn_weights @ values
+        return torch.softmax(attn_scores / math.sqrt(self.head_dim), dim=-1)
 
     def _sdpa_attention(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                         attn_mask: torch.Tensor | None, cached: bool = False) -> torch.Tensor:

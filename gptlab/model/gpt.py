@@ -13,6 +13,7 @@ from gptlab.model.attention import KVCache, LayerKVCache, MultiHeadAttention, Ro
 from gptlab.model.config import GPTConfig
 from gptlab.model.layers import make_feed_forward, make_norm
 from gptlab.model.rope import RotaryEmbedding
+from gptlab.model.trace import Trace
 
 
 class TransformerBlock(nn.Module):
@@ -44,9 +45,10 @@ class TransformerBlock(nn.Module):
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: LayerKVCache | None = None, cache_start: int = 0, rope: Rope | None = None) -> torch.Tensor:
+                cache: LayerKVCache | None = None, cache_start: int = 0, rope: Rope | None = None,
+                trace: Trace | None = None) -> torch.Tensor:
         shortcut = x
-        x = self.att(self.norm1(x), attn_mask, cache, cache_start, rope)
+        x = self.att(self.norm1(x), attn_mask, cache, cache_start, rope, trace)
         x = self.drop_shortcut(x) + shortcut
 
         shortcut = x
@@ -107,7 +109,7 @@ class GPT(nn.Module):
 
     def forward(self, in_idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                causal: bool = True) -> torch.Tensor:
+                causal: bool = True, trace: Trace | None = None) -> torch.Tensor:
         """Logits of shape ``(batch, num_tokens, vocab_size)``.
 
         Args:
@@ -118,6 +120,8 @@ class GPT(nn.Module):
             kv_cache: optional cache; the new keys/values are appended and its length advanced.
             causal: ``False`` lets every token attend to every (non-padding) token, the chapter 6
                 experiment without the causal mask.
+            trace: optional ``Trace`` to fill with the embeddings and each layer's attention weights
+                and residual stream; attention then runs on its explicit path (``gptlab.model.trace``).
         """
         batch_size, num_tokens = in_idx.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -137,13 +141,18 @@ class GPT(nn.Module):
         if attention_mask is not None:
             attn_mask = self.padding_aware_causal_mask(attention_mask, num_tokens, causal)
         # Recompute only where activations are kept for a backward pass; a cache means inference.
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
+        recompute = (self.activation_checkpointing and self.training and torch.is_grad_enabled()
+                     and kv_cache is None and trace is None)
+        if trace is not None:
+            trace.embeddings = x
         for layer, block in enumerate(self.trf_blocks):
             if recompute:
                 x = checkpoint(block, x, attn_mask, None, past, rope, use_reentrant=False)
             else:
                 cache = kv_cache.layers[layer] if kv_cache is not None else None
-                x = block(x, attn_mask, cache, past, rope)
+                x = block(x, attn_mask, cache, past, rope, trace)
+            if trace is not None:
+                trace.residuals.append(x)
         if kv_cache is not None:
             kv_cache.length = past + num_tokens
 
