@@ -93,7 +93,7 @@ def health(url: str) -> dict[str, Any]:
         return dict(json.loads(response.read()))
 
 
-async def _client(client: openai.AsyncOpenAI, index: int, deadline: float, max_tokens: int,
+async def _client(client: openai.AsyncOpenAI, index: int, deadline: float, max_tokens: int, temperature: float,
                   done: list[Completed], errors: list[str]) -> None:
     """Stream chat completions one after another until ``deadline``."""
     turn = 0
@@ -105,7 +105,7 @@ async def _client(client: openai.AsyncOpenAI, index: int, deadline: float, max_t
         try:
             stream = await client.chat.completions.create(
                 model=MODEL_ID, messages=[{"role": "user", "content": message}], max_tokens=max_tokens,
-                temperature=0.8, seed=1000 * index + turn, stream=True, stream_options={"include_usage": True})
+                temperature=temperature, seed=1000 * index + turn, stream=True, stream_options={"include_usage": True})
             async for chunk in stream:
                 if first is None and chunk.choices and (chunk.choices[0].delta.content
                                                         or chunk.choices[0].finish_reason):
@@ -121,14 +121,16 @@ async def _client(client: openai.AsyncOpenAI, index: int, deadline: float, max_t
         done.append(Completed((first or end) - start, end - start, tokens))
 
 
-async def timed_load(url: str, clients: int, duration_s: float, max_tokens: int) -> tuple[list[Completed], list[str], float]:
+async def timed_load(url: str, clients: int, duration_s: float, max_tokens: int,
+                     temperature: float) -> tuple[list[Completed], list[str], float]:
     """``clients`` clients streaming for ``duration_s``; requests under way at the end finish."""
     done: list[Completed] = []
     errors: list[str] = []
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
     start = time.monotonic()
     deadline = start + duration_s
-    await asyncio.gather(*(_client(client, i, deadline, max_tokens, done, errors) for i in range(clients)))
+    await asyncio.gather(*(_client(client, i, deadline, max_tokens, temperature, done, errors)
+                           for i in range(clients)))
     wall = time.monotonic() - start
     await client.close()
     return done, errors, wall
@@ -199,12 +201,14 @@ class ServerProcess:
 
 
 def run_load(source: str, name: str, max_batch: int, clients: int, duration_s: float, max_tokens: int,
-             max_seq_len: int, extra: tuple[str, ...] = (), disconnect_tokens: int = 0) -> LoadResult:
+             max_seq_len: int, extra: tuple[str, ...] = (), disconnect_tokens: int = 0,
+             temperature: float = 0.8) -> LoadResult:
     """One server, one timed load, then (with ``disconnect_tokens``) the disconnect phase."""
     result = LoadResult(name, max_batch, clients, duration_s)
     with ServerProcess(source, max_batch, max_seq_len, extra) as server:
         steps = health(server.url)["decode_steps"]
-        done, result.errors, result.wall_s = asyncio.run(timed_load(server.url, clients, duration_s, max_tokens))
+        done, result.errors, result.wall_s = asyncio.run(timed_load(server.url, clients, duration_s, max_tokens,
+                                                                            temperature))
         steps = health(server.url)["decode_steps"] - steps
         if disconnect_tokens:
             result.disconnect = asyncio.run(disconnect_phase(server.url, clients, disconnect_tokens))
@@ -245,6 +249,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="the batched run's slots (against 1)")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens per request")
     parser.add_argument("--max-seq-len", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("load.json"))
     args = parser.parse_args()
 
@@ -257,7 +262,8 @@ def main() -> None:
                 source, extra = str(random_model(Path(tmp) / "micro")), ("--tokenizer", "gpt2")
             for max_batch in (args.max_batch, 1):
                 result = run_load(source, name, max_batch, args.clients, args.duration, args.max_tokens,
-                                  args.max_seq_len, extra, disconnect_tokens=args.max_seq_len // 2)
+                                  args.max_seq_len, extra, disconnect_tokens=args.max_seq_len // 2,
+                                  temperature=args.temperature)
                 results.append(result)
                 print(table([result]).splitlines()[-1], "disconnect:", result.disconnect, flush=True)
     speedups = {}
