@@ -246,7 +246,8 @@ def test_the_logit_lens_of_each_layer_is_the_model_cut_after_it(kind: str):
                                        atol=1e-5, rtol=1e-5)
     inspection = inspect_ids(model, get_tokenizer("byte"), ids)
     np.testing.assert_array_equal(inspection.lens_ids[-1], inspection.top_ids)
-    np.testing.assert_allclose(inspection.lens_probs[-1], inspection.top_probs, rtol=1e-6)
+    # Several layers go through the head in one product: equal up to float rounding.
+    np.testing.assert_allclose(inspection.lens_probs[-1], inspection.top_probs, rtol=1e-5, atol=1e-7)
     assert (inspection.lens_ids[0] != inspection.lens_ids[-1]).any()  # the layers do differ
 
 

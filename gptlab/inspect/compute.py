@@ -31,6 +31,10 @@ from gptlab.model.trace import Trace
 from gptlab.tokenizer import Tokenizer
 
 
+#: Rows (layer positions) sent through the output head at once by the logit lens.
+LENS_ROWS = 1024
+
+
 @dataclass(frozen=True)
 class Inspection:
     """What ``inspect_ids`` found, as NumPy arrays over the ``T`` tokens of one text.
@@ -122,6 +126,20 @@ def top_k(logits: torch.Tensor, k: int, vocab_limit: int) -> tuple[torch.Tensor,
     return indices, values
 
 
+@torch.no_grad()
+def lens_top_k(model: GPT, trace: Trace, k: int, vocab_limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(layers, T, k)`` the logit lens' top-k ids and probabilities of a one-row trace.
+
+    Several layers go through the output head at once: a head as large as SmolLM2's (49152 x 576)
+    costs the time of reading it, not of the few rows multiplied by it. ``LENS_ROWS`` bounds the
+    logits held at a time.
+    """
+    residuals = torch.stack([residual[0] for residual in trace.residuals])  # (layers, T, emb)
+    per_chunk = max(1, LENS_ROWS // residuals.shape[1])
+    chunks = [top_k(lens_logits(model, part), k, vocab_limit) for part in residuals.split(per_chunk)]
+    return torch.cat([ids for ids, _ in chunks]), torch.cat([probs for _, probs in chunks])
+
+
 def inspect_ids(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], k: int = 5, source: str = "") -> Inspection:
     """Attention, per-token loss, top-k next tokens and logit lens of ``ids`` (see the module)."""
     if k <= 0:
@@ -131,17 +149,15 @@ def inspect_ids(model: GPT, tokenizer: Tokenizer, ids: Sequence[int], k: int = 5
     group = cfg.n_heads // cfg.kv_heads
     attention = torch.stack([weights[0] for weights in trace.attention])  # (layers, heads, T, T)
     attention = attention.unflatten(1, (cfg.kv_heads, group))
-    with torch.no_grad():
-        lens = [top_k(lens_logits(model, residual[0]), k, vocab_limit) for residual in trace.residuals]
+    lens_ids, lens_probs = lens_top_k(model, trace, k, vocab_limit)
     top_ids, top_probs = top_k(logits[0], k, vocab_limit)
-    lens_ids = torch.stack([ids_ for ids_, _ in lens])
     seen = set(top_ids.flatten().tolist()) | set(lens_ids.flatten().tolist())
     return Inspection(
         source=source, n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads,
         token_ids=np.array(list(ids), dtype=np.int64), tokens=[tokenizer.decode([i]) for i in ids],
         attention=_numpy(attention), losses=_numpy(token_losses(logits[0], ids)),
         top_ids=_numpy(top_ids), top_probs=_numpy(top_probs),
-        lens_ids=_numpy(lens_ids), lens_probs=_numpy(torch.stack([probs for _, probs in lens])),
+        lens_ids=_numpy(lens_ids), lens_probs=_numpy(lens_probs),
         vocabulary={i: tokenizer.decode([i]) for i in sorted(seen)},
     )
 

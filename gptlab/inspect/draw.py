@@ -21,7 +21,9 @@ from matplotlib.font_manager import FontProperties
 from gptlab.fileio import atomic_path
 from gptlab.inspect.compute import Inspection
 from gptlab.model.attention import kv_head_of
-from gptlab.inspect.style import ATTENTION_COLOURS, LOSS_COLOURS, NUMBERS_UP_TO, axis_label, loss_scale, visible
+from gptlab.inspect.style import (
+    ATTENTION_COLOURS, DARK, LOSS_COLOURS, NUMBERS_UP_TO, axis_label, loss_scale, loss_summary, visible,
+)
 
 #: Tokens up to which every token labels the axes; longer texts label every n-th.
 LABELS_UP_TO = 48
@@ -61,7 +63,7 @@ def attention_figure(inspection: Inspection, layer: int) -> Figure:
                 for key in range(query + 1):  # above the diagonal the causal mask leaves zeros: no number
                     value = float(weights[query, key])
                     ax.text(key, query, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if value > 0.6 else "black")
+                            color="white" if value > DARK else "black")
     kind = "grouped-query attention, a row per key/value head" if grouped else "multi-head attention"
     figure.suptitle(f"{inspection.source}: layer {layer}'s attention weights\n"
                     f"queries down, keys across; {kind}", fontsize=10)
@@ -71,7 +73,6 @@ def attention_figure(inspection: Inspection, layer: int) -> Figure:
 def loss_figure(inspection: Inspection, width_in: float = 10.0) -> Figure:
     """The text as it reads, each token on a box coloured by its loss in nats, the loss under it."""
     losses = inspection.losses
-    finite = losses[np.isfinite(losses)]
     norm, cmap = Normalize(0.0, loss_scale(losses)), colormaps[LOSS_COLOURS]
     token_font, number_font, pad, margin = 11, 7, 4.0, 14.0
     measure = FigureCanvasAgg(Figure(dpi=DPI)).get_renderer()
@@ -94,20 +95,19 @@ def loss_figure(inspection: Inspection, width_in: float = 10.0) -> Figure:
         if "\n" in text:
             x, line = margin, line + 1
     header_in, colourbar_in = 0.5, 0.85
-    body_in = (line + 1) * line_px / DPI + 0.2
+    body_in = (placed[-1][1] + 1) * line_px / DPI + 0.1  # the lines that hold tokens
     figure = Figure(figsize=(width_in, header_in + body_in + colourbar_in), dpi=DPI)
     height_px = figure.get_figheight() * DPI
     for x, line, shown, number, loss in placed:
         y = height_px - header_in * DPI - line * line_px
         colour = cmap(norm(loss)) if np.isfinite(loss) else (0.85, 0.85, 0.85, 1.0)
-        dark = np.isfinite(loss) and norm(loss) > 0.6
+        dark = np.isfinite(loss) and norm(loss) > DARK
         figure.text(x / (width_in * DPI), y / height_px, shown, fontsize=token_font, va="top", ha="left",
                     color="white" if dark else "black", bbox={"facecolor": colour, "edgecolor": "none", "pad": 1.5})
         figure.text(x / (width_in * DPI), (y - 1.35 * token_font * DPI / 72) / height_px, number,
                     fontsize=number_font, va="top", ha="left", color="#444444")
-    mean = float(finite.mean()) if finite.size else float("nan")
     figure.suptitle(f"{inspection.source} · each token's loss in nats, -log p(token | the text before it) · "
-                    f"mean {mean:.2f}, perplexity {math.exp(mean):.1f}", fontsize=10, y=1 - 0.15 / figure.get_figheight())
+                    f"{loss_summary(losses)}", fontsize=10, y=1 - 0.15 / figure.get_figheight())
     bar = figure.add_axes((0.3, 0.5 / figure.get_figheight(), 0.4, 0.12 / figure.get_figheight()))
     figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=bar, orientation="horizontal", label="loss (nats)")
     return figure

@@ -19,14 +19,13 @@ from matplotlib.colors import to_hex
 
 from gptlab.inspect.compute import Inspection
 from gptlab.inspect.style import (
-    ATTENTION_COLOURS, LENS_COLOURS, LOSS_COLOURS, NUMBERS_UP_TO, axis_label, loss_scale, visible,
+    ATTENTION_COLOURS, DARK, LENS_COLOURS, LOSS_COLOURS, NUMBERS_UP_TO, axis_label, loss_scale, loss_summary,
+    visible,
 )
 from gptlab.model.attention import kv_head_of
 
 #: Steps of a colour map on the page: value v in [0, 1] takes colour ``round(v * STEPS)``.
 STEPS = 100
-#: Above this fraction of its scale a cell's colour is dark enough for white text.
-DARK = 0.6
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 80em; }
@@ -99,11 +98,8 @@ def _form(action: str, text: str, k: int) -> str:
 
 
 def _summary(ins: Inspection) -> str:
-    finite = ins.losses[np.isfinite(ins.losses)]
-    loss = (f"mean loss {finite.mean():.3f} nats, perplexity {math.exp(finite.mean()):.2f}"
-            if finite.size else "one token: nothing to score")
     return (f"<p>{len(ins.tokens)} tokens · {ins.n_layers} layers · {ins.n_heads} query heads, "
-            f"{ins.n_kv_heads} key/value heads · {loss}</p>")
+            f"{ins.n_kv_heads} key/value heads · {escape(loss_summary(ins.losses))}</p>")
 
 
 def _loss_text(ins: Inspection) -> str:

@@ -12,6 +12,8 @@ VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 ATTENTION_COLOURS = "Blues"
 LENS_COLOURS = "Greens"
 LOSS_COLOURS = "YlOrRd"
+#: Above this fraction of its colour scale a cell is dark enough for white text.
+DARK = 0.6
 #: Tokens up to which every cell of an attention matrix shows its weight, as the book prints them.
 NUMBERS_UP_TO = 12
 
@@ -33,3 +35,11 @@ def loss_scale(losses: np.ndarray) -> float:
     """The top of the loss colour scale: the text's largest loss rounded up to whole nats (at least 1)."""
     finite = losses[np.isfinite(losses)]
     return max(1.0, float(math.ceil(finite.max()))) if finite.size else 1.0
+
+
+def loss_summary(losses: np.ndarray) -> str:
+    """The text's mean loss and perplexity, in words."""
+    finite = losses[np.isfinite(losses)]
+    if not finite.size:
+        return "one token: nothing to score"
+    return f"mean loss {finite.mean():.3f} nats, perplexity {math.exp(finite.mean()):.2f}"
