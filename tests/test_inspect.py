@@ -35,7 +35,7 @@ from gptlab.cli.inspect import main as inspect_main
 from gptlab.inference import LLM
 from gptlab.inspect import inspect_ids, inspect_text, lens_logits, traced_forward
 from gptlab.inspect.draw import attention_figure, loss_figure, save_png
-from gptlab.inspect.page import html_page
+from gptlab.inspect.page import ATTENTION_ON_PAGE_UP_TO, SERVED_MAX_TOKENS, html_page, served_page
 from gptlab.model import Trace
 from gptlab.tokenizer import get_tokenizer
 
@@ -352,6 +352,31 @@ def test_the_page_is_one_file_whose_numbers_are_the_tensors(book_inspection):
     for loss in book_inspection.losses[1:]:
         assert f"loss {loss:.3f} nats" in page
     assert "Logit lens" in page and "Top-4 next tokens" in page
+
+
+def test_a_long_text_keeps_its_attention_off_the_page():
+    model = random_model(dataclasses.replace(GPT2_STYLE, context_length=ATTENTION_ON_PAGE_UP_TO + 8))
+    inspection = inspect_ids(model, get_tokenizer("byte"), random_ids(ATTENTION_ON_PAGE_UP_TO + 1))
+    page = html_page(inspection)
+    assert "attention-data" not in page and "<script" not in page
+    assert f"{ATTENTION_ON_PAGE_UP_TO + 1} tokens: more than the {ATTENTION_ON_PAGE_UP_TO}" in page
+    assert "Logit lens" in page
+
+
+def test_the_served_page_is_the_form_the_inspection_or_one_error_line():
+    llm_model = random_model(dataclasses.replace(LLAMA_STYLE, vocab_size=257))
+    byte = get_tokenizer("byte")
+    status, form = served_page(llm_model, byte, "tiny", None, 5)
+    assert status == 200 and "<form" in form and "attention-data" not in form
+    status, page = served_page(llm_model, byte, "tiny", "Hello", 3)
+    assert status == 200 and "<form" in page and "Top-3 next tokens" in page
+    expected = inspect_text(llm_model, byte, "Hello", 3)
+    for loss in expected.losses[1:]:
+        assert f"loss {loss:.3f} nats" in page
+    for prompt, message in [("", "the text to inspect is empty"), ("x" * 40, "has 40 tokens but the model reads at most 32"),
+                            ("x" * (SERVED_MAX_TOKENS + 1), f"/inspect takes at most {SERVED_MAX_TOKENS}")]:
+        status, page = served_page(llm_model, byte, "tiny", prompt, 3)
+        assert status == 400 and re.search(f"<p class='error'>[^<]*{re.escape(message)}[^<]*</p>", page)
 
 
 # --- gptlab-inspect ------------------------------------------------------------------------------

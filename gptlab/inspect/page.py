@@ -3,8 +3,8 @@
 It shows each token's loss as coloured text, the attention weights of any layer and query head as
 the book's chapter-3 matrix (a small script draws the chosen head from the weights embedded in
 the page), the top-k next tokens after each position, and the logit lens as a table of layers by
-positions. ``gptlab-inspect`` writes it to a file; ``gptlab-serve`` answers ``/inspect`` with it,
-with a form on top (``form_action``) to inspect another text.
+positions. ``gptlab-inspect`` writes it to a file; ``gptlab-serve`` answers ``/inspect`` with it
+(``served_page``), with a form on top to inspect another text.
 """
 
 from __future__ import annotations
@@ -17,15 +17,23 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
-from gptlab.inspect.compute import Inspection
+from gptlab.errors import ConfigError, GptlabError, first_line
+from gptlab.inspect.compute import Inspection, inspect_text
 from gptlab.inspect.style import (
     ATTENTION_COLOURS, DARK, LENS_COLOURS, LOSS_COLOURS, NUMBERS_UP_TO, axis_label, loss_scale, loss_summary,
     visible,
 )
 from gptlab.model.attention import kv_head_of
+from gptlab.model.gpt import GPT
+from gptlab.tokenizer import Tokenizer
 
 #: Steps of a colour map on the page: value v in [0, 1] takes colour ``round(v * STEPS)``.
 STEPS = 100
+#: Tokens up to which the page carries every attention weight (beyond, the page would weigh megabytes:
+#: layers x heads x tokens^2 numbers); the ``.npz`` and the PNGs always have them.
+ATTENTION_ON_PAGE_UP_TO = 128
+#: The longest text ``/inspect`` takes: the weights of a pass grow with the square of its length.
+SERVED_MAX_TOKENS = 512
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 80em; }
@@ -41,6 +49,7 @@ td, th { padding: 2px 5px; text-align: center; white-space: pre; }
 .hit { outline: 2px solid #c33; }
 form textarea { width: 100%; font-family: ui-monospace, monospace; }
 .note { color: #666; font-size: 0.9em; }
+.error { color: #b00; font-weight: bold; }
 """
 
 SCRIPT = """
@@ -76,16 +85,37 @@ def palette(name: str) -> list[str]:
     return [to_hex(cmap(i / STEPS)) for i in range(STEPS + 1)]
 
 
-def html_page(inspection: Inspection | None, form_action: str | None = None, text: str = "", k: int = 5) -> str:
-    """The page of ``inspection`` (none: only the form), with a form posting to ``form_action`` if given."""
+def served_page(model: GPT, tokenizer: Tokenizer, source: str, prompt: str | None, k: int,
+                action: str = "/inspect") -> tuple[int, str]:
+    """``gptlab-serve``'s ``/inspect``: the HTTP status and the page, the form alone without a
+    prompt; bad input is a 400 page whose one line names what is wrong."""
+    if prompt is None:
+        return 200, html_page(None, action, "", k)
+    try:
+        count = len(tokenizer.encode(prompt))
+        if count > SERVED_MAX_TOKENS:
+            raise ConfigError(f"the text to inspect has {count} tokens; /inspect takes at most {SERVED_MAX_TOKENS} "
+                              "(gptlab-inspect takes longer texts)")
+        inspection = inspect_text(model, tokenizer, prompt, k, source)
+    except GptlabError as err:
+        return 400, html_page(None, action, prompt, k, error=first_line(err))
+    return 200, html_page(inspection, action, prompt, k)
+
+
+def html_page(inspection: Inspection | None, form_action: str | None = None, text: str = "", k: int = 5,
+              error: str | None = None) -> str:
+    """The page of ``inspection`` (none: only the form), with a form sending to ``form_action`` if
+    given, and ``error`` above it."""
     title = f"gptlab-inspect: {inspection.source}" if inspection is not None else "gptlab-inspect"
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
              f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"]
     if form_action is not None:
         parts.append(_form(form_action, text, k))
+    if error is not None:
+        parts.append(f"<p class='error'>{escape(error)}</p>")
     if inspection is not None:
         parts += [_summary(inspection), _loss_text(inspection), _attention(inspection), _top_k(inspection),
-                  _lens(inspection), f"<script>{SCRIPT}</script>"]
+                  _lens(inspection)]
     parts.append("</body></html>")
     return "".join(parts)
 
@@ -119,6 +149,10 @@ def _loss_text(ins: Inspection) -> str:
 
 
 def _attention(ins: Inspection) -> str:
+    if len(ins.tokens) > ATTENTION_ON_PAGE_UP_TO:
+        return (f"<h2>Attention weights</h2><p class='note'>{len(ins.tokens)} tokens: more than the "
+                f"{ATTENTION_ON_PAGE_UP_TO} whose weights this page carries. gptlab-inspect writes them to "
+                "inspection.npz and draws them as PNGs.</p>")
     weights = [[[[round(float(v), 4) for v in ins.head(layer, h)[q, :q + 1]] for q in range(len(ins.tokens))]
                 for h in range(ins.n_heads)] for layer in range(ins.n_layers)]
     data = {"tokens": [axis_label(t) for t in ins.tokens], "grouped": ins.n_kv_heads < ins.n_heads,
@@ -131,7 +165,7 @@ def _attention(ins: Inspection) -> str:
             f"causal mask leaves the cells above the diagonal empty.{grouped}</p>"
             "<p><select id='layer'></select> <select id='head'></select></p>"
             "<div class='scroll'><table class='att' id='attention'></table></div>"
-            f"<script type='application/json' id='attention-data'>{payload}</script>")
+            f"<script type='application/json' id='attention-data'>{payload}</script><script>{SCRIPT}</script>")
 
 
 def _top_k(ins: Inspection) -> str:
