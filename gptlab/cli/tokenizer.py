@@ -36,7 +36,7 @@ PROG = "gptlab-tokenizer"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1],
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1].replace("\n", " "),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> None:
     progress = sys.stderr.isatty()
     if args.command == "train":
         out = train_tokenizer(corpus_chunks(args.corpus), args.vocab_size, Path(args.out), args.impl,
-                              min_frequency=args.min_frequency, progress=progress)
-        tokenizer = get_tokenizer(str(out.resolve()))
+                              min_frequency=args.min_frequency, progress=progress).resolve()
+        tokenizer = get_tokenizer(str(out))
         print(f"{out / 'tokenizer.json'}: {tokenizer.vocab_size:,} tokens ({args.impl}); "
               f"train with data.tokenizer={out} model.vocab_size={tokenizer.vocab_size}")
     elif args.command == "encode":
