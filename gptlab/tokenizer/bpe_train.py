@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -78,8 +77,8 @@ def split_special(text: str, special_tokens: Sequence[str]) -> Iterator[tuple[st
     if not special_tokens:
         yield from [(text, False)] if text else []
         return
-    pattern = "|".join(re.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
-    for i, piece in enumerate(re.split(f"({pattern})", text)):
+    pattern = "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
+    for i, piece in enumerate(regex.split(f"({pattern})", text)):
         if piece:
             yield piece, bool(i % 2)
 
@@ -210,20 +209,23 @@ class ByteLevelBPE:
 
     @classmethod
     def from_tokenizer_json(cls, path: Path) -> ByteLevelBPE:
-        """A byte-level BPE ``tokenizer.json`` (what ``train_tokenizer`` writes) or its directory."""
+        """A byte-level BPE ``tokenizer.json`` (what ``train_tokenizer`` writes) or its directory: a BPE
+        model after GPT-2's byte-level pre-tokenizer with no prefix space and no normalizer."""
         path = path / HF_TOKENIZER_FILE if path.is_dir() else path
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
-            model = spec["model"]
-            if model.get("type") != "BPE" or (spec.get("pre_tokenizer") or {}).get("type") != "ByteLevel":
-                raise ConfigError(f"{path} is not a byte-level BPE tokenizer; the from-scratch encoder reads only those")
+            model, pre = spec["model"], spec.get("pre_tokenizer") or {}
+            byte_level = (model["type"] == "BPE" and spec.get("normalizer") is None and pre.get("type") == "ByteLevel"
+                          and not pre.get("add_prefix_space") and pre.get("use_regex", True))
             merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
             specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
-            return cls(dict(model["vocab"]), merges, specials, str(path.parent))  # type: ignore[arg-type]
+            vocab = dict(model["vocab"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            if isinstance(err, ConfigError):
-                raise
             raise ConfigError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+        if not byte_level:
+            raise ConfigError(f"{path} is not a byte-level BPE with GPT-2's pre-tokenization; "
+                              "the from-scratch encoder reads only those")
+        return cls(vocab, merges, specials, str(path.parent))  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, name: str) -> ByteLevelBPE:
