@@ -119,7 +119,7 @@ def train_bpe(
             where[pair].add(i)
 
     # 4. Merge the best pair until the vocabulary is full. A heap of (-count, pair) pops the highest
-    # count, then the smallest pair; an entry whose count went stale is pushed back with today's.
+    # count, then the smallest pair; an entry whose count went stale is pushed back with its current one.
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
     merges: list[tuple[str, str]] = []
