@@ -37,6 +37,9 @@ class HFTokenizer:
             raise ConfigError(f"cannot read {directory / HF_TOKENIZER_FILE}: {str(err).splitlines()[0]}") from None
         self.vocab_size = max(self.tokenizer.get_vocab(with_added_tokens=True).values()) + 1
         self.eot_id = self._eos_id(directory)
+        #: ``tokenizer_config.json``'s ``bos_token`` (what ``transformers`` calls ``bos_token_id``), if it names one.
+        bos = token_text(json_object(directory / "tokenizer_config.json").get("bos_token"))
+        self.bos_id: int | None = self.tokenizer.token_to_id(bos) if bos is not None else None
         self.chat_template = _chat_template(directory, self.tokenizer.id_to_token(self.eot_id))
 
     #: Where the end-of-text token is looked up, in this order, and under which key.
