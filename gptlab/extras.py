@@ -27,6 +27,7 @@ OPTIONAL = {
     "submitit": OptionalPackage("hydra_plugins.hydra_submitit_launcher", "the submitit launcher", "slurm"),
     "fastapi": OptionalPackage("fastapi", "FastAPI and uvicorn", "serve"),
     "openai": OptionalPackage("openai", "the 'openai' client", "serve"),
+    "lm_eval": OptionalPackage("lm_eval", "EleutherAI's lm-evaluation-harness ('lm-eval')", "harness"),
 }
 
 

@@ -7,9 +7,18 @@ Examples::
     gptlab-eval perplexity smollm2-135m-instruct --data instruction-data.json --mask-prompt --prompt-style alpaca
     gptlab-eval responses runs/instruct/test.jsonl                 # ROUGE-L, BLEU, share that stopped
     GPTLAB_JUDGE_MODEL=llama3 gptlab-eval responses runs/instruct/test.jsonl --judge
+    gptlab-eval harness runs/verdict --tasks gptlab_verdict lambada_openai          # lm-evaluation-harness
+    gptlab-eval harness smollm2-135m-instruct --tasks gptlab --limit 20 --out runs/smollm2-harness
 
 ``responses`` writes ``<file>.eval.jsonl`` (per record), ``<file>.eval.json`` (summary),
 ``<file>.eval.md`` (report) and, with ``--judge``, ``<file>.judge.png`` beside the responses.
+
+``harness`` runs EleutherAI's lm-evaluation-harness on the model through the ``gptlab`` backend
+(``pip install 'gptlab[harness]'``), with gptlab's offline tasks (``gptlab_sms_spam``,
+``gptlab_verdict``, ``gptlab_instruction``; ``gptlab`` for all three) beside the harness's own. It
+writes ``results.json`` and ``results.md`` (the harness's table) into the run's ``harness/`` folder,
+or into ``--out``. gptlab's tasks read their files from ``--data-dir``, else ``$GPTLAB_DATA``, else
+``../shared/data``.
 """
 
 from __future__ import annotations
@@ -58,6 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
     resp.add_argument("--judge-concurrency", type=int, default=None, help="requests at a time (default 4)")
     resp.add_argument("--judge-seed", type=int, default=None, help="default 123")
     resp.add_argument("--judge-num-ctx", type=int, default=None, help="Ollama's context window, at least (default 4096)")
+
+    harness = commands.add_parser("harness", help="lm-evaluation-harness tasks on the model (the gptlab backend)")
+    harness.add_argument("source", help="a model or run directory, a checkpoint, a .gguf, or a model name")
+    harness.add_argument("--tasks", nargs="+", required=True,
+                         help="harness tasks: gptlab's (gptlab_sms_spam, gptlab_verdict, gptlab_instruction, or "
+                              "gptlab for all) or any of lm-eval's (lm-eval ls tasks)")
+    harness.add_argument("--out", default=None, help="where to write results.json / results.md (default: RUN/harness)")
+    harness.add_argument("--data-dir", default=None,
+                         help="the folder of gptlab's task data (default: $GPTLAB_DATA, else ../shared/data)")
+    harness.add_argument("--limit", type=float, default=None, help="the first N documents of each task (below 1: a share)")
+    harness.add_argument("--num-fewshot", type=int, default=None)
+    harness.add_argument("--batch-size", type=int, default=8)
+    harness.add_argument("--max-gen-toks", type=int, default=None, help="tokens per generation at most (default: the task's)")
+    harness.add_argument("--apply-chat-template", action="store_true",
+                         help="prompts in the model's prompt format (see --prompt-style)")
+    harness.add_argument("--log-samples", action="store_true", help="also write every request and answer (samples/)")
+    add_prompt_style_argument(harness)
+    harness.add_argument("--tokenizer", default=None, help=f"{', '.join(TOKENIZERS)} or a directory with a tokenizer.json")
+    harness.add_argument("--device", default="auto")
     return parser
 
 
@@ -135,10 +163,40 @@ def run_responses(args: argparse.Namespace) -> None:
     print(f"report: {stem.with_suffix('.eval.md')}")
 
 
+def run_harness(args: argparse.Namespace) -> None:
+    from gptlab.extras import require_extra
+    from gptlab.runs import RunFiles
+
+    require_extra("lm_eval", "gptlab-eval harness")
+    from gptlab.harness import GptlabLM, evaluate
+
+    if args.limit is not None and args.limit <= 0:
+        raise ConfigError(f"--limit must be positive, got {args.limit}")
+    run = RunFiles.find(args.source).root
+    if args.out is None and run is None:
+        raise ConfigError(f"{args.source} is not a run directory; pass --out DIR for the results")
+    out = Path(args.out).expanduser() if args.out is not None else run / "harness"
+    model = GptlabLM(args.source, batch_size=args.batch_size, device=args.device, tokenizer=args.tokenizer,
+                     prompt_style=args.prompt_style)
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    gen_kwargs = {"max_gen_toks": args.max_gen_toks} if args.max_gen_toks is not None else None
+    results = evaluate(model, args.tasks, out, data=args.data_dir, log_samples=args.log_samples, limit=limit,
+                       num_fewshot=args.num_fewshot, gen_kwargs=gen_kwargs,
+                       apply_chat_template=args.apply_chat_template)
+    for task, metrics in results["results"].items():
+        shown = ", ".join(f"{key.split(',')[0]} {value:.4f}" for key, value in metrics.items()
+                          if isinstance(value, float) and "_stderr" not in key)
+        print(f"{task}: {shown}")
+    print(f"results: {out / 'results.json'} and {out / 'results.md'}")
+
+
+COMMANDS = {"perplexity": run_perplexity, "responses": run_responses, "harness": run_harness}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for a problem the user can fix)."""
     args = build_parser().parse_args(argv)
-    body = run_perplexity if args.command == "perplexity" else run_responses
+    body = COMMANDS[args.command]
     return run_command(PROG, lambda: body(args))
 
 
