@@ -167,6 +167,65 @@ def test_smollm2_scores_as_the_harness_hf_backend_scores_its_export(smollm2_pair
     assert results[0]["results"]["gptlab_verdict"]["byte_perplexity,none"] < 3.0
 
 
+@pytest.mark.slow
+def test_smollm2_chat_template_is_the_one_hf_applies(smollm2_pair: tuple[GptlabLM, Path]):
+    """``--apply_chat_template``: the model's prompt format renders a conversation as ``HFLM`` does."""
+    ours, hf = smollm2_pair
+    theirs = HFLM(pretrained=str(hf), dtype="float32", device="cpu")
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    assert ours.apply_chat_template(chat) == theirs.apply_chat_template(chat)
+    assert ours.apply_chat_template(chat).endswith("<|im_start|>assistant\n")
+
+
+#: One or two documents in the fields each stock task's YAML reads (its data cannot be downloaded here).
+STOCK_DOCS = {
+    "lambada_openai": [{"text": "The cat sat on the mat and looked at the dog"},
+                       {"text": "She opened the door and walked into the garden"}],
+    "arc_easy": [{"id": "1", "question": "Which of these is a liquid at room temperature?",
+                  "choices": {"text": ["iron", "water", "salt"], "label": ["A", "B", "C"]}, "answerKey": "B"},
+                 {"id": "2", "question": "What do plants need to make food?",
+                  "choices": {"text": ["sunlight", "sand", "plastic"], "label": ["A", "B", "C"]}, "answerKey": "A"}],
+    "hellaswag": [{"ind": 1, "activity_label": "Cooking", "ctx_a": "A man cracks two eggs into a bowl.",
+                   "ctx_b": "he", "ctx": "", "endings": ["whisks them with a fork.", "paints the wall.",
+                                                         "drives to work.", "sings a song."],
+                   "source_id": "x", "split": "val", "split_type": "indomain", "label": "0"}],
+}
+
+
+def stock_task(name: str, folder: Path) -> dict[str, Any]:
+    """The harness's own YAML of ``name``, unchanged but for where its documents come from."""
+    import lm_eval.tasks
+    from lm_eval.tasks._yaml_loader import load_yaml  # the loader the harness's own CLI uses
+
+    (path,) = Path(lm_eval.tasks.__file__).parent.rglob(f"{name}.yaml")
+    config = load_yaml(path)
+    data = folder / f"{name}.json"
+    data.write_text(json.dumps(STOCK_DOCS[name]), encoding="utf-8")
+    config.pop("tag", None)
+    return {**config, "dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {split: str(data) for split in ("train", "validation", "test")}}}
+
+
+def test_stock_tasks_score_as_the_hf_backend_scores_them(random_gpt2: tuple[Path, Path], tmp_path: Path):
+    """lambada_openai, arc_easy and hellaswag, their own prompts and metrics on local documents."""
+    from lm_eval.tasks import TaskManager
+
+    tasks = [stock_task(name, tmp_path) for name in STOCK_DOCS]
+    options = dict(tasks=tasks, task_manager=TaskManager(include_defaults=False), log_samples=True, bootstrap_iters=0)
+    ours = simple_evaluate(model=GptlabLM(str(random_gpt2[0]), batch_size=4, device="cpu"), **options)
+    theirs = simple_evaluate(model=HFLM(pretrained=str(random_gpt2[1]), dtype="float32", device="cpu", batch_size=4),
+                             **options)
+    for name in STOCK_DOCS:
+        for metric, value in ours["results"][name].items():
+            if isinstance(value, float) and "stderr" not in metric:
+                assert math.isclose(value, theirs["results"][name][metric], rel_tol=1e-6), (name, metric)
+        for a, b in zip(ours["samples"][name], theirs["samples"][name], strict=True):
+            assert a["arguments"] == b["arguments"]
+            for (ll_a, greedy_a), (ll_b, greedy_b) in zip([r[0] for r in a["resps"]], [r[0] for r in b["resps"]]):
+                assert abs(ll_a - ll_b) < TOLERANCE and greedy_a == greedy_b
+    assert ours["results"]["hellaswag"]["sample_len"] == 1 and len(ours["samples"]["arc_easy"][0]["resps"]) == 3
+
+
 def test_context_and_continuation_are_sliced_as_the_harness_slices_them(random_llama: tuple[Path, Path]):
     """Trailing spaces move to the continuation, an empty context becomes the prefix token (BOS), a
     continuation that starts with that token keeps only the rest, and a context too long for the
