@@ -148,10 +148,15 @@ async def _leave_early(client: openai.AsyncOpenAI, index: int, read_chunks: int,
     await stream.close()
 
 
-async def disconnect_phase(url: str, clients: int, max_tokens: int, read_chunks: int = 3,
+async def disconnect_phase(url: str, clients: int, max_tokens: int, max_batch: int, read_chunks: int = 3,
                            timeout_s: float = 60.0) -> dict[str, Any]:
-    """Every client opens a long stream and leaves after ``read_chunks`` chunks; until in_flight is 0."""
+    """Every client opens a long stream and leaves after ``read_chunks`` chunks; then until in_flight is 0.
+
+    ``decode_steps`` is what the phase cost; streams run to ``max_tokens`` would have needed up to
+    ``decode_steps_run_to_end`` (``max_tokens`` per batch of ``max_batch`` rows).
+    """
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+    start_steps = health(url)["decode_steps"]
     await asyncio.gather(*(_leave_early(client, i, read_chunks, max_tokens) for i in range(clients)))
     left, steps = time.monotonic(), health(url)["decode_steps"]
     while (state := health(url))["in_flight"] and time.monotonic() - left < timeout_s:
@@ -159,7 +164,9 @@ async def disconnect_phase(url: str, clients: int, max_tokens: int, read_chunks:
     await client.close()
     return {"clients": clients, "max_tokens": max_tokens, "in_flight_after": state["in_flight"],
             "seconds_to_idle": round(time.monotonic() - left, 3),
-            "decode_steps_to_idle": state["decode_steps"] - steps}
+            "decode_steps_to_idle": state["decode_steps"] - steps,
+            "decode_steps": state["decode_steps"] - start_steps,
+            "decode_steps_run_to_end": -(-clients // max_batch) * (max_tokens - 1)}
 
 
 def free_port() -> int:
@@ -211,7 +218,7 @@ def run_load(source: str, name: str, max_batch: int, clients: int, duration_s: f
                                                                             temperature))
         steps = health(server.url)["decode_steps"] - steps
         if disconnect_tokens:
-            result.disconnect = asyncio.run(disconnect_phase(server.url, clients, disconnect_tokens))
+            result.disconnect = asyncio.run(disconnect_phase(server.url, clients, disconnect_tokens, max_batch))
     result.requests = len(done)
     if done:
         ttft, latency = [c.ttft_s for c in done], [c.latency_s for c in done]
