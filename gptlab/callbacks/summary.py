@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.callbacks.sample import GenerateSample, prompt_of, tokenizer_of
 from gptlab.callbacks.throughput import Throughput
+from gptlab.runs import TOKENIZER_FILE
 from gptlab.tokenizer import TOKENIZERS
 
 
@@ -82,7 +83,8 @@ class RunSummary(L.Callback):
                 words += ["--top-k", str(sampler.top_k)]
             words += ["--seed", str(sampler.seed)]
         tokenizer = tokenizer_of(trainer)
-        if getattr(tokenizer, "name", "gpt2") not in TOKENIZERS:  # a model directory's tokenizer.json
+        # A model directory's tokenizer.json, unless the run keeps a copy (data.tokenizer=train).
+        if getattr(tokenizer, "name", "gpt2") not in TOKENIZERS and not (Path(run) / TOKENIZER_FILE).is_file():
             words += ["--tokenizer", str(tokenizer.name)]
         return " ".join(shlex.quote(word) for word in words)
 

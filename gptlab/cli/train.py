@@ -31,7 +31,7 @@ from gptlab.extras import require_extra
 from gptlab.fileio import atomic_write_text
 from gptlab.loggers import finish_wandb
 from gptlab.model import GPTConfig
-from gptlab.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG_FILE
+from gptlab.runs import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG_FILE, TOKENIZER_FILE
 from gptlab.sweeps import require_plugins
 
 
@@ -101,6 +101,24 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         raise ConfigError(f"checkpoint not found: {path}; check ckpt_path (a .ckpt file, or `last`)")
     read_task_checkpoint(path)  # a corrupt or foreign file stops here, in one line naming it
     return str(path)
+
+
+def adopt_trained_tokenizer(cfg: DictConfig, datamodule: Any, output_dir: Path) -> None:
+    """With ``data.tokenizer=train``: the model gets the learned vocabulary's size
+    (``model.vocab_size``, so the two cannot disagree, and ``config.yaml`` records it), and the run
+    directory gets its ``tokenizer.json``, where ``gptlab-generate`` and the others find it."""
+    trained = getattr(datamodule, "trained_tokenizer", None)
+    if trained is None:
+        return
+    if "model" in cfg:
+        cfg.model.vocab_size = datamodule.tokenizer.vocab_size
+    save_tokenizer(trained.directory, output_dir)
+
+
+@rank_zero_only
+def save_tokenizer(directory: Path, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / TOKENIZER_FILE, (directory / TOKENIZER_FILE).read_text(encoding="utf-8"))
 
 
 def check_vocab(datamodule: Any, task: Any) -> None:
@@ -179,6 +197,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     check_extras(cfg)
     datamodule = build_datamodule(cfg)
+    adopt_trained_tokenizer(cfg, datamodule, output_dir)
     task = instantiate(cfg.task, _recursive_=False)
     check_vocab(datamodule, task)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from gptlab.data.loaders import stateful_loader
 from gptlab.data.sources import TextSource, local_text_source, read_text_source
 from gptlab.data.token_cache import build_token_cache, open_tokens, read_token_meta
+from gptlab.data.trained_tokenizer import TRAIN, TrainedTokenizer, trained_tokenizer
 from gptlab.errors import DataError
 from gptlab.tokenizer import END_OF_TEXT, Tokenizer, get_tokenizer
 
@@ -73,7 +74,9 @@ class PretrainDataModule(L.LightningDataModule):
     The corpus (``source``, or a local ``path`` that overrides it) is downloaded and tokenized once
     into a cache in ``prepare_data``; ``setup`` memory-maps it and cuts it at
     ``int(train_ratio * num_tokens)``: the first part trains, the rest validates, as in chapter 5.
-    ``val_bytes_per_token`` is the validation text's UTF-8 bytes per token, which turns a loss per
+    With ``tokenizer="train"``, a byte-level BPE of ``vocab_size`` tokens is first learned from the
+    training text alone (``gptlab.data.trained_tokenizer``), and the split falls where that text
+    ends. ``val_bytes_per_token`` is the validation text's UTF-8 bytes per token, which turns a loss per
     token into bits per byte (``val/bpb``).
     """
 
@@ -93,6 +96,8 @@ class PretrainDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         shuffle: bool = True,
         drop_last: bool = True,
+        vocab_size: int | None = None,
+        tokenizer_impl: str = "fast",
     ) -> None:
         super().__init__()
         stride = max_length if stride is None else stride
@@ -122,6 +127,14 @@ class PretrainDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.trained_tokenizer: TrainedTokenizer | None = None
+        if tokenizer == TRAIN:
+            if vocab_size is None:
+                raise DataError("data.tokenizer=train learns a vocabulary of data.vocab_size tokens; set data.vocab_size "
+                                "(e.g. data.vocab_size=4096)")
+            self.trained_tokenizer = trained_tokenizer(self.text_source(), vocab_size, train_ratio, tokenizer_impl,
+                                                       cache_dir)
+            tokenizer = str(self.trained_tokenizer.directory)
         self.tokenizer: Tokenizer = get_tokenizer(tokenizer)
         self.tokens_path: Path | None = None
         self.num_tokens = 0
@@ -156,6 +169,8 @@ class PretrainDataModule(L.LightningDataModule):
         assert meta is not None
         self.num_tokens = int(meta["num_tokens"])
         split = int(self.train_ratio * self.num_tokens)
+        if self.trained_tokenizer is not None:  # validation starts where the tokenizer's training text ended
+            split = self.trained_tokenizer.train_tokens
         window = self.max_length + 1
         for name, size, fix in (
             ("training", split, "a smaller share for validation"),

@@ -100,7 +100,7 @@ class EmbeddedSource(TextSource):
 _CUT = re.compile(r"[^\s][ \n]")
 
 
-def _safe_cut(block: str) -> int:
+def safe_cut(block: str) -> int:
     """The last index at which ``block`` can be split without changing GPT-2's pre-tokenization.
 
     Right after a non-whitespace character and before a space or newline, every alternative of
@@ -123,7 +123,7 @@ def _file_chunks(path: Path, block_chars: int) -> Iterator[str]:
     try:
         with path.open(encoding="utf-8") as f:
             for block in iter(lambda: f.read(block_chars), ""):
-                cut = _safe_cut(block)
+                cut = safe_cut(block)
                 if cut:
                     yield "".join([*pending, block[:cut]])
                     pending = [block[cut:]]
