@@ -17,7 +17,9 @@ class CheckpointError(GptlabError, ValueError):
     """A checkpoint or weight file does not match what the run expects."""
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none), for one-line errors."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def first_line(reason: object, limit: int = 300) -> str:
+    """An exception's message as one short line, for one-line errors: its first line with runs of
+    whitespace as one space (its type name if it has no message), cut to ``limit`` characters."""
+    lines = [line for line in str(reason).splitlines() if line.strip()]
+    text = " ".join(lines[0].split()) if lines else type(reason).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from gptlab.errors import DataError
+from gptlab.errors import DataError, first_line
 from gptlab.fileio import atomic_open, atomic_path
 
 _BLOCK_BYTES = 1 << 20
@@ -43,12 +43,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in blocks so large files never sit in memory."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def one_line(reason: object, limit: int = 300) -> str:
-    """An exception's message on one short line, for errors that must fit a single line."""
-    text = " ".join(str(reason).split()) or type(reason).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _url_filename(url: str) -> str:
@@ -101,13 +95,13 @@ def download(
             _fetch(url, tmp, f"download {filename}", timeout)
         except urllib.error.HTTPError as exc:
             raise DataError(
-                f"could not download {url} ({one_line(exc)}); check the URL, or {_local_copy_hint(filename, local_hint)}"
+                f"could not download {url} ({first_line(exc)}); check the URL, or {_local_copy_hint(filename, local_hint)}"
             ) from exc
         except (OSError, http.client.HTTPException, ValueError) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             offline = "" if url.startswith("file:") else "are you offline? "
             raise DataError(
-                f"could not download {url} ({one_line(reason)}); {offline}{_local_copy_hint(filename, local_hint)}"
+                f"could not download {url} ({first_line(reason)}); {offline}{_local_copy_hint(filename, local_hint)}"
             ) from exc
         found = sha256_file(tmp)
         if expected is not None and found != expected:
@@ -151,5 +145,5 @@ def extract_member(
             return target
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(
-            f"could not extract {member!r} from {zip_path} ({one_line(exc)}); delete the archive to download it again"
+            f"could not extract {member!r} from {zip_path} ({first_line(exc)}); delete the archive to download it again"
         ) from exc

@@ -18,8 +18,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from gptlab.data.downloads import cache_root, download, one_line, sha256_file
-from gptlab.errors import DataError
+from gptlab.data.downloads import cache_root, download, sha256_file
+from gptlab.errors import DataError, first_line
 from gptlab.tokenizer import END_OF_TEXT
 
 #: "The Verdict" (Edith Wharton, 1908), the pretraining text of the book's chapters 2 and 5.
@@ -234,7 +234,7 @@ class HFSource(TextSource):
                 if i + 1 < len(attempts) and isinstance(exc, not_found):
                     continue
                 raise DataError(
-                    f"could not load Hugging Face dataset {self.description} ({one_line(exc)}); "
+                    f"could not load Hugging Face dataset {self.description} ({first_line(exc)}); "
                     "are you offline? save its text to a file and pass it with data.path=/path/to/file.txt"
                 ) from exc
         raise AssertionError("unreachable")
