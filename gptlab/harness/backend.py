@@ -201,7 +201,9 @@ class GptlabLM(TemplateLM):
         """One left-padded batch: each row's text before the first ``until`` string."""
         max_new = int(kwargs["max_gen_toks"])
         if max_new >= self.max_length:
-            raise ConfigError(f"max_gen_toks={max_new} leaves no room for a context within max_length={self.max_length}")
+            raise ConfigError(f"max_gen_toks={max_new} leaves no room for a context within the model's "
+                              f"max_length={self.max_length}; ask for fewer (gptlab-eval harness --max-gen-toks N, "
+                              "lm-eval --gen_kwargs max_gen_toks=N)")
         stops = self.llm.stop_ids
         prompts = [self.tok_encode(context)[-(self.max_length - max_new):] for context in contexts]
         ids, mask = left_pad([p or [self.prefix_token_id] for p in prompts], stops[0])
