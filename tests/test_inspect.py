@@ -22,6 +22,9 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
+from urllib.parse import urlencode
+from urllib.request import Request, urlopen
 
 import numpy as np
 import pytest
@@ -38,6 +41,7 @@ from gptlab.inspect.draw import attention_figure, loss_figure, save_png
 from gptlab.inspect.page import ATTENTION_ON_PAGE_UP_TO, SERVED_MAX_TOKENS, html_page, served_page
 from gptlab.model import Trace
 from gptlab.tokenizer import get_tokenizer
+from tests.helpers.serving import live_server
 
 VOCAB = 101
 GPT2_STYLE = GPTConfig(vocab_size=VOCAB, context_length=32, emb_dim=48, n_heads=4, n_layers=3, qkv_bias=True,
@@ -423,6 +427,29 @@ def test_bad_input_is_one_line_and_exit_2(tiny_export: Path, tmp_path: Path, cap
     assert out == "" and not (tmp_path / "out").exists()
     assert err.startswith("gptlab-inspect: error: ") and err.count("\n") == 1
     assert expected in err
+
+
+def test_gptlab_serve_shows_the_page_at_inspect(tiny_export: Path):
+    llm = LLM.load(tiny_export)
+    expected = inspect_text(llm.model, llm.tokenizer, "Hello", 3)
+    with live_server(llm, model_id="tiny", start_engine=False) as live:
+        form = urlopen(f"{live.url}/inspect").read().decode()
+        page = urlopen(f"{live.url}/inspect?" + urlencode({"prompt": "Hello", "top_k": 3})).read().decode()
+        with pytest.raises(HTTPError) as empty:
+            urlopen(f"{live.url}/inspect?prompt=")
+    assert "<form" in form and "attention-data" not in form
+    assert "gptlab-inspect: tiny" in page and "Top-3 next tokens" in page
+    data = json.loads(re.search(r"id='attention-data'>(.*?)</script>", page, re.S).group(1))
+    np.testing.assert_allclose(data["attention"][2][5][4], expected.head(2, 5)[4, :5], atol=5e-5)
+    assert empty.value.code == 400 and "the text to inspect is empty" in empty.value.read().decode()
+
+
+def test_inspect_asks_for_the_servers_api_key(tiny_export: Path):
+    with live_server(LLM.load(tiny_export), model_id="tiny", api_key="s3cret", start_engine=False) as live:
+        with pytest.raises(HTTPError) as refused:
+            urlopen(f"{live.url}/inspect?prompt=Hi")
+        allowed = urlopen(Request(f"{live.url}/inspect?prompt=Hi", headers={"Authorization": "Bearer s3cret"}))
+    assert refused.value.code == 401 and allowed.status == 200
 
 
 # --- the real model against transformers ---------------------------------------------------------

@@ -1,10 +1,11 @@
 """The OpenAI-compatible HTTP API over a ``DecodeEngine``: FastAPI routes, SSE streams, errors.
 
-Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``
-and the chat page at ``/``. Every request becomes one engine job; the engine's deltas reach the
-request's coroutine through an ``asyncio.Queue``. A streamed reply is Server-Sent Events
-(``data: {json}`` frames, a chat stream's first chunk carrying the role, ``data: [DONE]`` last);
-a client that goes away cancels its job, which frees its rows before the next decode step.
+Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``,
+the chat page at ``/`` and a text inside the model at ``/inspect``. Every request becomes one
+engine job; the engine's deltas reach the request's coroutine through an ``asyncio.Queue``. A
+streamed reply is Server-Sent Events (``data: {json}`` frames, a chat stream's first chunk
+carrying the role, ``data: [DONE]`` last); a client that goes away cancels its job, which frees
+its rows before the next decode step.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from gptlab.inference import LLM, Sampling
 from gptlab.inference.engine import BadRequest, DecodeEngine, Delta, EngineBusy
 from gptlab.inference.engine import Request as EngineRequest
+from gptlab.inspect.page import served_page
 from gptlab.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, validation_error
 
 #: How often a non-streaming request checks whether its client is still there, in seconds.
@@ -252,6 +254,12 @@ def create_app(served: Served) -> FastAPI:
                 "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
                              "finish_reason": finish[i]} for i in sorted(texts)],
                 "usage": _usage(submitted.job.prompt_tokens, sum(counts.values()))}
+
+    @app.get("/inspect", response_class=HTMLResponse, include_in_schema=False, dependencies=[Depends(authorize)])
+    def inspect_page(prompt: str | None = None, top_k: int = 5) -> HTMLResponse:
+        """A text inside the model (``gptlab.inspect``); a plain ``def``, so the pass runs off the event loop."""
+        status, page = served_page(llm.model, llm.tokenizer, served.model_id, prompt, top_k)
+        return HTMLResponse(page, status_code=status)
 
     return app
 
