@@ -42,9 +42,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_ships_every_config(wheel: Path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gptlab" / "conf").rglob("*.yaml")}
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gptlab").rglob("*.yaml")}  # Hydra's, the harness tasks
     assert shipped and shipped <= names
-    assert "gptlab/conf/hydra/help/gptlab.yaml" in names
+    assert {"gptlab/conf/hydra/help/gptlab.yaml", "gptlab/harness/tasks/gptlab_verdict.yaml"} <= names
 
 
 @pytest.mark.slow
