@@ -18,8 +18,8 @@ RANKS = {
     "tokenizer": 2, "extras": 2,
     "prompts": 3, "model": 3, "sweeps": 3,
     "generate": 4, "checkpoints": 4,
-    "data": 5, "tasks": 5, "evaluation": 5, "strategies": 5, "inference": 5,
-    "callbacks": 6, "serve": 6,
+    "data": 5, "tasks": 5, "evaluation": 5, "strategies": 5, "inference": 5, "inspect": 5,
+    "callbacks": 6, "serve": 6, "harness": 6,
     "cli": 7,
 }
 
