@@ -55,8 +55,9 @@ def duration(seconds: float) -> str:
     return f"00:{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def train(run: Path, overrides: list[str]) -> float:
-    """Run ``gptlab-train`` into ``run``; its training time in seconds, from its summary line."""
+def train(run: Path, overrides: list[str]) -> tuple[float, str]:
+    """Run ``gptlab-train`` into ``run``; its training time in seconds (from its summary line) and
+    the end of what it printed: the last sample and the summary."""
     command = [sys.executable, "-m", "gptlab.cli.train", f"hydra.run.dir={run}", "print_config=false", *overrides]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
@@ -64,7 +65,7 @@ def train(run: Path, overrides: list[str]) -> float:
     found = re.search(r"training tokens in ([\d,.]+) s", result.stdout)
     if found is None:
         raise RuntimeError(f"no summary line in the output of {' '.join(command)}")
-    return float(found.group(1).replace(",", ""))
+    return float(found.group(1).replace(",", "")), "\n".join(result.stdout.rstrip().splitlines()[-5:])
 
 
 def score(run: Path) -> dict[str, Any]:
@@ -114,9 +115,9 @@ def main() -> None:
                 overrides += ["trainer.max_epochs=1000", f"+trainer.max_time='{duration(budget)}'",
                               "trainer.val_check_interval=1.0", "+callbacks.export.best=false"]
             start = time.perf_counter()
-            train_s = train(Path(tmp) / name, overrides)
+            train_s, printed = train(Path(tmp) / name, overrides)
             results[name] = {"overrides": overrides, "train_s": train_s, "wall_s": time.perf_counter() - start,
-                             **score(Path(tmp) / name)}
+                             "printed": printed, **score(Path(tmp) / name)}
             if name == BASELINE and budget is None:
                 budget = train_s
             print(table({name: results[name]}).splitlines()[-1], flush=True)
