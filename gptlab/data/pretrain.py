@@ -17,7 +17,7 @@ from gptlab.data.sources import TextSource, local_text_source, read_text_source
 from gptlab.data.token_cache import build_token_cache, open_tokens, read_token_meta
 from gptlab.data.trained_tokenizer import TRAIN, TrainedTokenizer, trained_tokenizer
 from gptlab.errors import DataError
-from gptlab.tokenizer import END_OF_TEXT, Tokenizer, get_tokenizer
+from gptlab.tokenizer import Tokenizer, get_tokenizer, text_bytes
 
 
 class SlidingWindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -59,12 +59,12 @@ class SlidingWindowDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.__dict__.update(state)
 
 
-def text_bytes(tokenizer: Tokenizer, tokens: np.ndarray, chunk: int = 1 << 20) -> int:
-    """UTF-8 bytes of the text ``tokens`` stand for, decoded a chunk at a time so a long split is
-    never one string. The ``<|endoftext|>`` between documents is a separator, not text: it counts
-    no bytes. A chunk boundary inside a multi-byte character costs a replacement character (a
-    byte or two of error, on a split of millions)."""
-    return sum(len(tokenizer.decode(tokens[start:start + chunk].tolist()).replace(END_OF_TEXT, "").encode("utf-8"))
+def tokens_text_bytes(tokenizer: Tokenizer, tokens: np.ndarray, chunk: int = 1 << 20) -> int:
+    """UTF-8 bytes of the text ``tokens`` stand for (``text_bytes``: separators count none),
+    decoded a chunk at a time so a long split is never one string. A chunk boundary inside a
+    multi-byte character costs a replacement character (a byte or two of error, on a split of
+    millions)."""
+    return sum(text_bytes(tokenizer.decode(tokens[start:start + chunk].tolist()))
                for start in range(0, len(tokens), chunk))
 
 
@@ -184,7 +184,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.train_dataset = SlidingWindowDataset(open_tokens(self.tokens_path, 0, split), self.max_length, self.stride)
         val_tokens = open_tokens(self.tokens_path, split, self.num_tokens)
         self.val_dataset = SlidingWindowDataset(val_tokens, self.max_length, self.stride)
-        self.val_bytes_per_token = text_bytes(self.tokenizer, val_tokens) / len(val_tokens)
+        self.val_bytes_per_token = tokens_text_bytes(self.tokenizer, val_tokens) / len(val_tokens)
         if self.drop_last and len(self.train_dataset) < self.batch_size:
             raise DataError(
                 f"training split gives {len(self.train_dataset)} windows, fewer than one batch of "

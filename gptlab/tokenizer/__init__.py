@@ -21,11 +21,11 @@ from gptlab.tokenizer.gguf import GGUFTokenizer, gguf_vocab
 from gptlab.tokenizer.gguf_vocab import GGUFVocab
 from gptlab.tokenizer.hf import HF_TOKENIZER_FILE, HFTokenizer
 from gptlab.tokenizer.load import TOKENIZERS, get_tokenizer
-from gptlab.tokenizer.stats import TokenStats, token_stats
+from gptlab.tokenizer.stats import TokenStats, text_bytes, token_stats
 from gptlab.tokenizer.train import train_tokenizer
 
 __all__ = [
     "END_OF_TEXT", "GPT2_EOT_ID", "HF_TOKENIZER_FILE", "TOKENIZERS", "BPETokenizer", "ByteLevelBPE", "ByteTokenizer",
     "ChatTemplate", "GGUFTokenizer", "GGUFVocab", "HFTokenizer", "PadTo", "TextEncoding", "TokenStats", "Tokenizer",
-    "check_pad_to", "get_tokenizer", "gguf_vocab", "gpt2_encoding", "token_stats", "train_tokenizer",
+    "check_pad_to", "get_tokenizer", "gguf_vocab", "gpt2_encoding", "text_bytes", "token_stats", "train_tokenizer",
 ]

@@ -41,6 +41,12 @@ class TokenStats:
                 f"{len(self.used):,} of {self.vocab_size:,} ids used ({self.vocab_used:.1%})")
 
 
+def text_bytes(text: str) -> int:
+    """UTF-8 bytes of the text in ``text``: the ``<|endoftext|>`` separators between documents
+    are not text and count none."""
+    return len(text.replace(END_OF_TEXT, "").encode("utf-8"))
+
+
 def token_stats(tokenizer: Tokenizer, texts: Iterable[str], progress: bool = False) -> TokenStats:
     """Encode ``texts`` piece by piece (a text source's chunks, cut between words) and count.
     ``<|endoftext|>`` separators count as tokens but not as bytes or words: they are not text."""
@@ -49,7 +55,6 @@ def token_stats(tokenizer: Tokenizer, texts: Iterable[str], progress: bool = Fal
         ids = tokenizer.encode(text)
         stats.tokens += len(ids)
         stats.used.update(ids)
-        pieces = text.split(END_OF_TEXT)
-        stats.bytes += sum(len(piece.encode("utf-8")) for piece in pieces)
-        stats.words += sum(len(piece.split()) for piece in pieces)
+        stats.bytes += text_bytes(text)
+        stats.words += sum(len(piece.split()) for piece in text.split(END_OF_TEXT))
     return stats
