@@ -37,7 +37,6 @@ class CausalLMTask(GPTTask):
     def __init__(self, model: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.val_loss = MeanMetric()
-        self.val_bpb = MeanMetric()
         self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
         self.val_bytes_per_token: float | None = None
 
@@ -58,14 +57,14 @@ class CausalLMTask(GPTTask):
         logits = self(inputs)
         loss = next_token_loss(logits, targets)
         # Weight by tokens so the epoch value is the loss over all validation tokens.
-        scored = (targets != IGNORE_INDEX).sum()
-        self.val_loss.update(loss, weight=scored)
+        self.val_loss.update(loss, weight=(targets != IGNORE_INDEX).sum())
         self.val_ppl.update(logits.float(), targets)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/ppl", self.val_ppl, on_step=False, on_epoch=True)
-        if self.val_bytes_per_token:
-            self.val_bpb.update(loss / math.log(2) / self.val_bytes_per_token, weight=scored)
-            self.log("val/bpb", self.val_bpb, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_bytes_per_token and self.val_loss.update_count:
+            self.log("val/bpb", self.val_loss.compute() / math.log(2) / self.val_bytes_per_token, prog_bar=True)
 
 
 #: The name under which the causal-LM task first shipped.
