@@ -1,19 +1,17 @@
 """``experiments/serve/load.py`` measures what it says, on a short load against a real server process.
 
 No timing is asserted: the benchmark's numbers are recorded in ``experiments/serve/README.md``.
-What is checked is that the counts and percentiles come out right and that clients that leave
-mid-stream free their rows.
+What is checked is that the counts come out right (tokens against usage, percentiles in order)
+and that clients that leave mid-stream free their rows.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import random
 import sys
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -28,14 +26,6 @@ def load() -> ModuleType:
     sys.modules["serve_load"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
-
-
-def test_percentiles_are_numpys(load: ModuleType) -> None:
-    rng = random.Random(0)
-    for size in (1, 2, 7, 100):
-        values = [rng.expovariate(1.0) for _ in range(size)]
-        for q in (50, 95):
-            assert load.percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12)
 
 
 def test_a_short_load_counts_every_token_and_leaves_no_job_behind(load: ModuleType, tmp_path: Path) -> None:

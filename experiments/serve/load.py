@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import torch
 
@@ -75,17 +76,6 @@ class LoadResult:
     tokens_per_s: float = 0.0
     rows_per_step: float = 0.0
     disconnect: dict[str, Any] = field(default_factory=dict)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linearly interpolated as numpy's default does."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def health(url: str) -> dict[str, Any]:
@@ -222,8 +212,8 @@ def run_load(source: str, name: str, max_batch: int, clients: int, duration_s: f
     result.requests = len(done)
     if done:
         ttft, latency = [c.ttft_s for c in done], [c.latency_s for c in done]
-        result.ttft_p50_s, result.ttft_p95_s = percentile(ttft, 50), percentile(ttft, 95)
-        result.latency_p50_s, result.latency_p95_s = percentile(latency, 50), percentile(latency, 95)
+        result.ttft_p50_s, result.ttft_p95_s = (float(v) for v in np.percentile(ttft, [50, 95]))
+        result.latency_p50_s, result.latency_p95_s = (float(v) for v in np.percentile(latency, [50, 95]))
     result.completion_tokens = sum(c.tokens for c in done)
     result.tokens_per_s = result.completion_tokens / result.wall_s
     # Each request's first token comes from its prefill, not a decode step.
